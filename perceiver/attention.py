@@ -1,0 +1,119 @@
+"""Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels.
+
+Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
+Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
+and the attended values are projected to ``out_dim``. One module serves the encoder's
+cross-attention (latents attend to the input), the latent self-attention (``kv = q``) and the
+decoder's cross-attention (output queries attend to the latents).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int) -> Tensor | None:
+    """Validate a key-padding mask ``[B, M]`` (1/True keep, 0/False pad) and return it as bool."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor):
+        raise ValueError(
+            f"attention_mask: expected a tensor of shape [{batch}, {length}], "
+            f"got {type(attention_mask).__name__}"
+        )
+    if tuple(attention_mask.shape) != (batch, length):
+        raise ValueError(
+            f"attention_mask: expected shape [{batch}, {length}] (batch, input length), "
+            f"got {list(attention_mask.shape)}"
+        )
+    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+        bad = (attention_mask != 0) & (attention_mask != 1)
+        if bool(bad.any()):
+            raise ValueError("attention_mask: expected values 0 (pad) or 1 (keep), got other values")
+    return attention_mask.bool()
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention with independent widths.
+
+    Args:
+        q_dim: channels of the query array.
+        kv_dim: channels of the key/value array.
+        num_heads: number of heads; must divide ``qk_dim`` and ``v_dim``.
+        qk_dim: channels of the projected queries and keys (default ``q_dim``).
+        v_dim: channels of the projected values (default ``qk_dim``).
+        out_dim: channels of the output (default ``q_dim``).
+        dropout: dropout on the attention weights during training.
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_dim: int | None = None,
+        v_dim: int | None = None,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        qk_dim = q_dim if qk_dim is None else qk_dim
+        v_dim = qk_dim if v_dim is None else v_dim
+        out_dim = q_dim if out_dim is None else out_dim
+        for name, width in (("qk_dim", qk_dim), ("v_dim", v_dim)):
+            if width % num_heads != 0:
+                raise ValueError(f"{name}: expected a multiple of num_heads={num_heads}, got {width}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(q_dim, qk_dim)
+        self.k_proj = nn.Linear(kv_dim, qk_dim)
+        self.v_proj = nn.Linear(kv_dim, v_dim)
+        self.o_proj = nn.Linear(v_dim, out_dim)
+
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor,
+        attention_mask: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x_q [B, N, q_dim]`` to ``x_kv [B, M, kv_dim]``.
+
+        ``attention_mask [B, M]`` marks keys to keep (1/True) or ignore (0/False). Query rows of an
+        example whose keys are all masked output zeros (no NaN in the forward or backward pass).
+        Returns ``[B, N, out_dim]``, and with ``return_weights`` also the attention weights
+        ``[B, heads, N, M]`` (computed explicitly: use it for inspection, not for speed).
+        """
+        mask = check_attention_mask(attention_mask, x_kv.shape[0], x_kv.shape[1])
+        q = rearrange(self.q_proj(x_q), "b n (h d) -> b h n d", h=self.num_heads)
+        k = rearrange(self.k_proj(x_kv), "b m (h d) -> b h m d", h=self.num_heads)
+        v = rearrange(self.v_proj(x_kv), "b m (h d) -> b h m d", h=self.num_heads)
+
+        empty = None
+        sdpa_mask = None
+        if mask is not None:
+            empty = ~mask.any(dim=1)  # [B]: examples with no key to attend to
+            # Let empty examples attend everywhere (finite values), then zero their output below.
+            mask = mask | empty[:, None]
+            sdpa_mask = rearrange(mask, "b m -> b 1 1 m")
+
+        dropout_p = self.dropout if self.training else 0.0
+        if return_weights:
+            scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
+            if sdpa_mask is not None:
+                scores = scores.masked_fill(~sdpa_mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            if empty is not None:
+                weights = weights.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
+            out = torch.einsum("bhnm,bhmd->bhnd", F.dropout(weights, dropout_p), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)
+        out = self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+        if empty is not None:
+            out = out.masked_fill(rearrange(empty, "b -> b 1 1"), 0.0)
+        return (out, weights) if return_weights else out

@@ -1,0 +1,30 @@
+"""Shared checks for input adapters.
+
+An input adapter maps raw ``inputs`` to the encoder's input array and passes the key-padding mask
+through: ``forward(inputs, attention_mask=None) -> (x [B, M, C], attention_mask [B, M] or None)``.
+It has ``output_dim`` (C), and ``num_positions`` (M) when M is fixed by its config.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool | None = None):
+    """Raise ``ValueError`` unless ``value`` is a tensor of the given rank(s) and dtype kind."""
+    ranks = (rank,) if isinstance(rank, int) else rank
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if value.dim() not in ranks:
+        raise ValueError(f"{name}: expected a {' or '.join(map(str, ranks))}-D tensor, "
+                         f"got shape {list(value.shape)}")
+    if floating is True and not value.dtype.is_floating_point:
+        raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+    if floating is False and (value.dtype.is_floating_point or value.dtype == torch.bool):
+        raise ValueError(f"{name}: expected an integer tensor, got {value.dtype}")
+
+
+def check_size(name: str, actual, expected, what: str) -> None:
+    if tuple(actual) != tuple(expected):
+        raise ValueError(f"{name}: expected {what} {list(expected)}, got {list(actual)}")

@@ -1,0 +1,90 @@
+"""Several modalities in one input array.
+
+Each modality has its own adapter giving ``[B, M_i, C_i]``; each is padded to a common width
+``C = max_i C_i + min_padding`` with a learned per-modality vector, and the results are concatenated
+along M in sorted modality-name order (as DeepMind's code and transformers do). A modality that
+is left out of ``inputs``, or masked per example by ``modality_mask``, is replaced by a learned
+per-modality mask token (e.g. the label, which the model must then infer from the other modalities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.config import build, register
+from perceiver.inputs.base import check_size
+
+
+@register("multimodal")
+class MultimodalAdapter(nn.Module):
+    """``inputs={name: tensor}`` -> ``[B, sum_i M_i, C]`` in sorted-name order."""
+
+    @dataclass
+    class Config:
+        modalities: dict = field(default_factory=dict)  # name -> adapter config
+        min_padding: int = 2
+
+    def __init__(self, config: Config):
+        super().__init__()
+        if not config.modalities:
+            raise ValueError("modalities: expected at least one modality, got none")
+        self.config = config
+        self.names = sorted(config.modalities)
+        self.adapters = nn.ModuleDict({n: build(config.modalities[n]) for n in self.names})
+        self.output_dim = max(a.output_dim for a in self.adapters.values()) + config.min_padding
+        self.padding = nn.ParameterDict({
+            n: nn.Parameter(torch.randn(self.output_dim - a.output_dim) * 0.02)
+            for n, a in self.adapters.items()
+        })
+        self.mask_tokens = nn.ParameterDict({
+            n: nn.Parameter(torch.randn(self.output_dim) * 0.02) for n in self.names
+        })
+
+    def modality_sizes(self) -> dict[str, int]:
+        """``{name: M_i}`` in concatenation order (for adapters with a fixed length)."""
+        return {n: getattr(self.adapters[n], "num_positions", None) for n in self.names}
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        attention_mask: Tensor | None = None,
+        modality_mask: dict[str, Tensor] | None = None,
+    ):
+        if not isinstance(inputs, dict):
+            raise ValueError(f"inputs: expected a dict of {self.names}, got {type(inputs).__name__}")
+        modality_mask = dict(modality_mask or {})
+        for where, names in (("inputs", inputs), ("modality_mask", modality_mask)):
+            unknown = sorted(set(names) - set(self.names))
+            if unknown:
+                raise ValueError(f"{where}: unknown modalities {unknown}, expected among {self.names}")
+        present = [inputs[n] for n in self.names if n in inputs]
+        if not present:
+            raise ValueError(f"inputs: expected at least one of {self.names}, got none")
+        batch = present[0].shape[0]
+        parts = []
+        for name in self.names:
+            adapter = self.adapters[name]
+            if name in inputs:
+                x, _ = adapter(inputs[name])
+                check_size(f"inputs[{name!r}]", x.shape[:1], (batch,), "batch size")
+                pad = self.padding[name].to(x.dtype).expand(*x.shape[:2], -1)
+                x = torch.cat([x, pad], dim=-1)
+            else:
+                length = getattr(adapter, "num_positions", None)
+                if length is None:
+                    raise ValueError(f"inputs: modality {name!r} is missing and its length is not fixed")
+                x = self.mask_tokens[name].expand(batch, length, -1)
+                if present[0].dtype.is_floating_point:
+                    x = x.to(present[0].dtype)
+            if name in modality_mask:
+                masked = modality_mask[name]
+                check_size(f"modality_mask[{name!r}]", masked.shape, (batch,), "shape")
+                x = torch.where(masked.bool()[:, None, None], self.mask_tokens[name].to(x.dtype), x)
+            parts.append(x)
+        x = torch.cat(parts, dim=1)
+        if attention_mask is not None:
+            check_size("attention_mask", attention_mask.shape, x.shape[:2], "shape [B, M]")
+        return x, attention_mask

@@ -1,0 +1,139 @@
+"""Pre-LayerNorm residual blocks: cross-attention layer, self-attention layer, self-attention stack.
+
+Every layer is ``x = x + attention(norm(x)); x = x + mlp(norm(x))`` (the cross-attention's query
+residual is optional, as in Perceiver IO decoders whose queries and outputs mean different things).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from perceiver.attention import MultiHeadAttention
+
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}")
+
+
+class MLP(nn.Module):
+    """Two-layer feed-forward block ``[.., dim] -> [.., widening_factor * dim] -> [.., dim]``.
+
+    ``activation="gelu"`` is exact GELU (transformers' Perceiver); ``"gelu_tanh"`` is the tanh
+    approximation (the default of DeepMind's JAX/Haiku code).
+    """
+
+    def __init__(self, dim: int, widening_factor: int = 1, activation: str = "gelu", dropout=0.0):
+        super().__init__()
+        check_activation(activation)
+        self.fc1 = nn.Linear(dim, widening_factor * dim)
+        self.act = ACTIVATIONS[activation]()
+        self.fc2 = nn.Linear(widening_factor * dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.fc2(self.act(self.fc1(x))), self.dropout, self.training)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Queries ``[B, N, q_dim]`` attend to a key/value array ``[B, M, kv_dim]``; output ``[B, N, q_dim]``.
+
+    LayerNorm on the queries and on the key/value array, attention (output width ``q_dim``),
+    optional residual to the un-normalised queries, then a residual MLP.
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_dim: int | None = None,
+        v_dim: int | None = None,
+        widening_factor: int = 1,
+        query_residual: bool = True,
+        dropout: float = 0.0,
+        activation: str = "gelu",
+    ):
+        super().__init__()
+        self.q_norm = nn.LayerNorm(q_dim)
+        self.kv_norm = nn.LayerNorm(kv_dim)
+        self.attention = MultiHeadAttention(
+            q_dim, kv_dim, num_heads, qk_dim, v_dim, out_dim=q_dim, dropout=dropout
+        )
+        self.query_residual = query_residual
+        self.mlp_norm = nn.LayerNorm(q_dim)
+        self.mlp = MLP(q_dim, widening_factor, activation, dropout)
+
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor,
+        attention_mask: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        attended = self.attention(
+            self.q_norm(x_q), self.kv_norm(x_kv), attention_mask, return_weights=return_weights
+        )
+        attended, weights = attended if return_weights else (attended, None)
+        x = attended + x_q if self.query_residual else attended
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, weights) if return_weights else x
+
+
+class SelfAttentionLayer(nn.Module):
+    """Self-attention over latents ``[B, N, dim] -> [B, N, dim]`` with residual attention and MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qk_dim: int | None = None,
+        v_dim: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        activation: str = "gelu",
+    ):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = MultiHeadAttention(
+            dim, dim, num_heads, qk_dim, v_dim, out_dim=dim, dropout=dropout
+        )
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, widening_factor, activation, dropout)
+
+    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.norm(x)
+        attended = self.attention(h, h, return_weights=return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = x + attended
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, weights) if return_weights else x
+
+
+class SelfAttentionStack(nn.Module):
+    """``num_layers`` self-attention layers ``[B, N, dim] -> [B, N, dim]``.
+
+    With ``checkpointing=True`` each layer's activations are recomputed in the backward pass
+    (less memory, about one extra forward of time); the gradients are the same.
+    """
+
+    def __init__(self, num_layers: int, dim: int, checkpointing: bool = False, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(SelfAttentionLayer(dim, **layer_kwargs) for _ in range(num_layers))
+        self.checkpointing = checkpointing
+
+    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, list]:
+        all_weights = []
+        for layer in self.layers:
+            if return_weights:
+                x, weights = layer(x, return_weights=True)
+                all_weights.append(weights)
+            elif self.checkpointing and self.training and x.requires_grad:
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
+        return (x, all_weights) if return_weights else x

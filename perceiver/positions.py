@@ -1,0 +1,123 @@
+"""Position encodings: Fourier features (DeepMind's parameterisation) and learned tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _as_dims(index_dims: int | Sequence[int]) -> tuple[int, ...]:
+    dims = (index_dims,) if isinstance(index_dims, int) else tuple(int(d) for d in index_dims)
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"index_dims: expected positive sizes, got {index_dims!r}")
+    return dims
+
+
+def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only=False) -> int:
+    """Width of :func:`fourier_features` for ``num_dims`` index dimensions."""
+    return num_dims * num_bands * (1 if sine_only else 2) + (num_dims if concat_pos else 0)
+
+
+def grid_positions(index_dims: Sequence[int], index: Tensor | None = None) -> Tensor:
+    """Positions in ``[-1, 1]`` of a grid, ``[prod(index_dims), d]`` (or ``[len(index), d]``).
+
+    Per dimension ``linspace(-1, 1, n)``, end points included, combined in row-major ('ij') order.
+    ``index`` selects flat (row-major) indices: the same positions the full grid has there.
+    """
+    dims = _as_dims(index_dims)
+    if index is None:
+        axes = [torch.linspace(-1.0, 1.0, n, dtype=torch.float64) for n in dims]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        return grid.reshape(-1, len(dims))
+    index = torch.as_tensor(index)
+    if index.dtype.is_floating_point or index.dim() != 1:
+        raise ValueError(f"index: expected a 1-D integer tensor, got {index.dtype} {list(index.shape)}")
+    total = math.prod(dims)
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= total):
+        raise ValueError(f"index: expected values in [0, {total}), got [{int(index.min())}, "
+                         f"{int(index.max())}]")
+    coords = torch.stack(torch.unravel_index(index.cpu(), dims), dim=-1).double()
+    sizes = torch.tensor(dims, dtype=torch.float64)
+    return -1.0 + 2.0 * coords / (sizes - 1).clamp(min=1)
+
+
+def fourier_features(
+    index_dims: int | Sequence[int],
+    num_bands: int,
+    max_resolution: Sequence[int] | None = None,
+    concat_pos: bool = True,
+    sine_only: bool = False,
+    index: Tensor | None = None,
+) -> Tensor:
+    """Fourier position features of a grid, ``[prod(index_dims), C]`` (``[len(index), C]``).
+
+    For grid dims ``(n_1..n_d)`` and ``K = num_bands``: positions ``x_i = linspace(-1, 1, n_i)``;
+    frequencies ``f_{i,k} = linspace(1, max_resolution_i / 2, K)`` (linear; ``max_resolution``
+    defaults to the grid size); features ``[x_1..x_d (concat_pos), sin(pi f_{i,k} x_i) (i outer,
+    k inner), cos(...) same order (unless sine_only)]``, so ``C = d*2K + d``. Computed in float64,
+    returned as float32.
+    """
+    dims = _as_dims(index_dims)
+    resolution = dims if max_resolution is None else tuple(max_resolution)
+    if len(resolution) != len(dims):
+        raise ValueError(f"max_resolution: expected {len(dims)} values (one per index dim), "
+                         f"got {resolution!r}")
+    pos = grid_positions(dims, index)  # [n, d]
+    freqs = torch.stack(
+        [torch.linspace(1.0, r / 2, num_bands, dtype=torch.float64) for r in resolution]
+    )  # [d, K]
+    angles = math.pi * (pos[:, :, None] * freqs[None]).flatten(1)  # [n, d*K]
+    parts = [pos] if concat_pos else []
+    parts.append(torch.sin(angles))
+    if not sine_only:
+        parts.append(torch.cos(angles))
+    return torch.cat(parts, dim=-1).float()
+
+
+class FourierPositions(nn.Module):
+    """Fixed Fourier features for a grid, cached as a non-persistent buffer ``[prod(dims), C]``."""
+
+    def __init__(self, index_dims, num_bands, max_resolution=None, concat_pos=True, sine_only=False):
+        super().__init__()
+        self.index_dims = _as_dims(index_dims)
+        self.num_bands = num_bands
+        self.max_resolution = None if max_resolution is None else tuple(max_resolution)
+        self.concat_pos = concat_pos
+        self.sine_only = sine_only
+        self.num_channels = fourier_channels(len(self.index_dims), num_bands, concat_pos, sine_only)
+        feats = fourier_features(self.index_dims, num_bands, self.max_resolution, concat_pos, sine_only)
+        self.register_buffer("table", feats, persistent=False)
+
+    def forward(self, index: Tensor | None = None) -> Tensor:
+        """All grid positions, or the flat ``index`` subset: ``[n, C]``."""
+        if index is None:
+            return self.table
+        check_index(index, self.table.shape[0])
+        return self.table[index.to(self.table.device)]
+
+
+def check_index(index: Tensor, size: int) -> None:
+    """Validate a 1-D integer index into a table of ``size`` rows."""
+    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
+        shape = list(index.shape) if isinstance(index, Tensor) else type(index).__name__
+        raise ValueError(f"query_index: expected a 1-D integer tensor, got {shape}")
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(f"query_index: expected values in [0, {size}), got "
+                         f"[{int(index.min())}, {int(index.max())}]")
+
+
+class LearnedPositions(nn.Module):
+    """A learned table ``[num_positions, dim]`` (initialised N(0, 0.02))."""
+
+    def __init__(self, num_positions: int, dim: int, init_std: float = 0.02):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(num_positions, dim) * init_std)
+
+    def forward(self, index: Tensor | None = None) -> Tensor:
+        if index is None:
+            return self.table
+        check_index(index, self.table.shape[0])
+        return self.table[index.to(self.table.device)]
