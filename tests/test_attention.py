@@ -1,0 +1,101 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from perceiver.attention import MultiHeadAttention
+from tests import reference
+
+WIDTHS = [  # q_dim, kv_dim, heads, qk_dim, v_dim, out_dim
+    (16, 16, 1, None, None, None),
+    (32, 12, 4, 8, 20, 24),
+    (24, 40, 2, 6, 10, 7),
+    (8, 64, 8, 64, 8, 8),
+]
+
+
+@pytest.mark.parametrize("widths", WIDTHS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_float64_reference(widths, masked):
+    q_dim, kv_dim, heads, qk, v, out = widths
+    mha = MultiHeadAttention(q_dim, kv_dim, heads, qk, v, out).eval()
+    x_q, x_kv = torch.randn(3, 5, q_dim), torch.randn(3, 11, kv_dim)
+    mask = None
+    if masked:
+        mask = torch.ones(3, 11, dtype=torch.long)
+        mask[0, 7:] = 0
+        mask[2, 1:] = 0
+    expected = reference.attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(mha(x_q, x_kv, mask).double(), expected, atol=1e-5, rtol=1e-5)
+    got, weights = mha(x_q, x_kv, mask, return_weights=True)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+    assert weights.shape == (3, heads, 5, 11)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, heads, 5))
+    if masked:
+        assert float(weights[0, :, :, 7:].abs().max()) == 0.0
+
+
+def test_output_width_defaults():
+    mha = MultiHeadAttention(q_dim=12, kv_dim=30, num_heads=3)
+    assert mha.q_proj.out_features == 12 and mha.v_proj.out_features == 12
+    assert mha(torch.randn(2, 4, 12), torch.randn(2, 9, 30)).shape == (2, 4, 12)
+
+
+def test_all_masked_rows_give_zeros_and_finite_gradients():
+    mha = MultiHeadAttention(8, 8, 2)
+    x_q = torch.randn(2, 3, 8, requires_grad=True)
+    x_kv = torch.randn(2, 5, 8, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    out = mha(x_q, x_kv, mask)
+    assert torch.isfinite(out).all()
+    assert float(out[1].abs().max()) == 0.0 and float(out[0].abs().max()) > 0
+    out.sum().backward()
+    assert torch.isfinite(x_q.grad).all() and torch.isfinite(x_kv.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mha.parameters())
+    _, weights = mha(x_q, x_kv, mask, return_weights=True)
+    assert float(weights[1].abs().max()) == 0.0
+
+
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    extra=st.integers(0, 5),
+    heads=st.sampled_from([1, 2, 4]),
+)
+def test_padding_never_changes_unpadded_outputs(lengths, extra, heads):
+    torch.manual_seed(len(lengths) * 31 + extra)
+    mha = MultiHeadAttention(8, 6, heads, 8, 12).eval()
+    longest = max(lengths) + extra
+    x_q = torch.randn(len(lengths), 4, 8)
+    x_kv = torch.randn(len(lengths), longest, 6) * 100  # padding holds large garbage
+    mask = torch.zeros(len(lengths), longest, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    padded = mha(x_q, x_kv, mask)
+    for i, n in enumerate(lengths):
+        alone = mha(x_q[i:i + 1], x_kv[i:i + 1, :n])
+        torch.testing.assert_close(padded[i:i + 1], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_only_in_training():
+    mha = MultiHeadAttention(8, 8, 2, dropout=0.5)
+    x = torch.randn(2, 6, 8)
+    mha.eval()
+    torch.testing.assert_close(mha(x, x), mha(x, x))
+    mha.train()
+    assert not torch.allclose(mha(x, x), mha.eval()(x, x))
+
+
+@pytest.mark.parametrize("mask, message", [
+    (torch.ones(2, 4), r"attention_mask: expected shape \[2, 5\].*got \[2, 4\]"),
+    (torch.full((2, 5), 0.5), "attention_mask: expected values 0 .* or 1"),
+    ([[1] * 5] * 2, "attention_mask: expected a tensor"),
+])
+def test_bad_mask_raises(mask, message):
+    mha = MultiHeadAttention(8, 8, 2)
+    with pytest.raises(ValueError, match=message):
+        mha(torch.randn(2, 3, 8), torch.randn(2, 5, 8), mask)
+
+
+def test_heads_must_divide_widths():
+    with pytest.raises(ValueError, match="qk_dim: expected a multiple of num_heads=3, got 8"):
+        MultiHeadAttention(8, 8, 3)

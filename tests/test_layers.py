@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from perceiver.layers import MLP, CrossAttentionLayer, SelfAttentionLayer, SelfAttentionStack
+from tests import reference
+
+
+@pytest.mark.parametrize("query_residual", [True, False])
+def test_cross_attention_layer_matches_reference(query_residual):
+    layer = CrossAttentionLayer(16, 10, num_heads=2, qk_dim=8, v_dim=12, widening_factor=3,
+                                query_residual=query_residual).eval()
+    for p in layer.parameters():  # non-trivial LayerNorm affine parameters
+        torch.nn.init.normal_(p, std=0.3)
+    x_q, x_kv = torch.randn(2, 4, 16), torch.randn(2, 9, 10)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    expected = reference.cross_attention_layer(layer, x_q, x_kv, mask)
+    torch.testing.assert_close(layer(x_q, x_kv, mask).double(), expected, atol=1e-5, rtol=1e-5)
+    assert layer.mlp.fc1.out_features == 48
+
+
+def test_self_attention_layer_matches_reference():
+    layer = SelfAttentionLayer(16, num_heads=4, qk_dim=8, widening_factor=2).eval()
+    x = torch.randn(2, 6, 16)
+    torch.testing.assert_close(layer(x).double(), reference.self_attention_layer(layer, x),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_tanh_gelu_differs_from_exact():
+    exact, approx = MLP(8, 2, "gelu"), MLP(8, 2, "gelu_tanh")
+    approx.load_state_dict(exact.state_dict())
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(exact(x), approx(x), atol=1e-2, rtol=1e-2)
+    assert not torch.equal(exact(x), approx(x))
+    with pytest.raises(ValueError, match="activation: expected one of"):
+        MLP(8, 1, "relu6")
+
+
+def test_checkpointing_gives_identical_gradients():
+    plain = SelfAttentionStack(3, 16, num_heads=4, dropout=0.1).train()
+    ckpt = SelfAttentionStack(3, 16, checkpointing=True, num_heads=4, dropout=0.1).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 16)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(7)  # same dropout masks; checkpointing replays the RNG state
+        xi = x.clone().requires_grad_()
+        model(xi).square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_stack_returns_one_weight_map_per_layer():
+    stack = SelfAttentionStack(2, 8, num_heads=2)
+    out, weights = stack(torch.randn(3, 4, 8), return_weights=True)
+    assert out.shape == (3, 4, 8) and [w.shape for w in weights] == [(3, 2, 4, 4)] * 2
