@@ -1,0 +1,102 @@
+"""Named configurations, built by plain functions: ``PerceiverIO(presets.byte_mlm())``."""
+
+from __future__ import annotations
+
+from perceiver.inputs import (
+    AudioPatchAdapter,
+    ImageFourierAdapter,
+    ImagePatchAdapter,
+    MultimodalAdapter,
+    OneHotLabelAdapter,
+    TokenInputAdapter,
+)
+from perceiver.model import DecoderConfig, EncoderConfig, PerceiverIO
+from perceiver.outputs import ClassificationOutput, LinearOutput, MultimodalOutput, TiedTokenOutput
+from perceiver.queries import FourierQueries, LearnedPositionQueries, LearnedQueries, MultimodalQueries
+from perceiver.tokenizer import VOCAB_SIZE
+
+
+def byte_mlm(max_seq_len=2048, dim=512, num_latents=256, latent_dim=512, num_layers=8, num_heads=8,
+             widening_factor=1, **encoder) -> PerceiverIO.Config:
+    """Byte-level masked LM: tied logits over the 262 byte ids, one query per position.
+
+    Defaults are config A of the benchmarks (M = 2048, 256 x 512 latents, 8 layers, ~18M params).
+    """
+    return PerceiverIO.Config(
+        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len),
+        encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_cross_heads=num_heads,
+                              cross_qk_dim=dim, cross_v_dim=dim, num_self_layers=num_layers,
+                              num_self_heads=num_heads, cross_widening_factor=widening_factor,
+                              self_widening_factor=widening_factor, **encoder),
+        queries=LearnedPositionQueries.Config(max_seq_len, dim),
+        decoder=DecoderConfig(num_heads=num_heads, qk_dim=dim, v_dim=dim, widening_factor=widening_factor),
+        output=TiedTokenOutput.Config(VOCAB_SIZE),
+    )
+
+
+def language_perceiver() -> PerceiverIO.Config:
+    """DeepMind's 201M-parameter language Perceiver (``deepmind/language-perceiver``): 2048 bytes,
+    embedding 768, 256 x 1280 latents, 26 layers, qk 256 / v 1280, 8 heads."""
+    return PerceiverIO.Config(
+        input=TokenInputAdapter.Config(VOCAB_SIZE, 768, 2048),
+        encoder=EncoderConfig(num_latents=256, latent_dim=1280, num_cross_heads=8, cross_qk_dim=256,
+                              cross_v_dim=1280, num_self_layers=26, num_self_heads=8, self_qk_dim=256,
+                              self_v_dim=1280),
+        queries=LearnedPositionQueries.Config(2048, 768),
+        decoder=DecoderConfig(num_heads=8, qk_dim=256, v_dim=768),
+        output=TiedTokenOutput.Config(VOCAB_SIZE),
+    )
+
+
+def byte_classifier(num_classes=10, max_seq_len=8192, dim=256, num_latents=256, latent_dim=512,
+                    num_layers=6, num_heads=8, **encoder) -> PerceiverIO.Config:
+    """Long-sequence byte classification (config B of the benchmarks): one learned class query."""
+    return PerceiverIO.Config(
+        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len),
+        encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_cross_heads=num_heads,
+                              cross_qk_dim=latent_dim, cross_v_dim=latent_dim, num_self_layers=num_layers,
+                              num_self_heads=num_heads, **encoder),
+        queries=LearnedQueries.Config(1, latent_dim),
+        decoder=DecoderConfig(num_heads=num_heads, query_residual=True),
+        output=ClassificationOutput.Config(num_classes),
+    )
+
+
+def image_classifier_fourier(image_shape=(224, 224), num_classes=1000, num_bands=64, num_latents=512,
+                             latent_dim=1024, num_blocks=8, layers_per_block=6) -> PerceiverIO.Config:
+    """ImageNet Perceiver IO with 2-D Fourier features (``deepmind/vision-perceiver-fourier``)."""
+    return PerceiverIO.Config(
+        input=ImageFourierAdapter.Config(image_shape, 3, num_bands, max_resolution=(224, 224)),
+        encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_cross_heads=1,
+                              num_self_layers=layers_per_block, num_blocks=num_blocks, num_self_heads=8),
+        queries=LearnedQueries.Config(1, latent_dim),
+        decoder=DecoderConfig(num_heads=1, query_residual=True),
+        output=ClassificationOutput.Config(num_classes),
+    )
+
+
+def multimodal_autoencoder(image_shape=(28, 28), patch_size=4, num_samples=4096, samples_per_patch=16,
+                           num_classes=10, num_bands=16, num_latents=128, latent_dim=256, num_layers=4,
+                           query_bands=16) -> PerceiverIO.Config:
+    """Image + audio + label autoencoder: one query per image patch, audio patch and label."""
+    h, w = image_shape
+    grid = (h // patch_size, w // patch_size)
+    return PerceiverIO.Config(
+        input=MultimodalAdapter.Config(modalities={
+            "image": ImagePatchAdapter.Config(image_shape, 1, patch_size, num_bands),
+            "audio": AudioPatchAdapter.Config(num_samples, samples_per_patch, num_bands),
+            "label": OneHotLabelAdapter.Config(num_classes),
+        }),
+        encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_self_layers=num_layers),
+        queries=MultimodalQueries.Config(modalities={
+            "image": FourierQueries.Config(grid, query_bands),
+            "audio": FourierQueries.Config((num_samples // samples_per_patch,), query_bands),
+            "label": LearnedQueries.Config(1, 64),
+        }),
+        decoder=DecoderConfig(num_heads=1),
+        output=MultimodalOutput.Config(modalities={
+            "image": LinearOutput.Config(patch_size * patch_size),
+            "audio": LinearOutput.Config(samples_per_patch),
+            "label": ClassificationOutput.Config(num_classes),
+        }),
+    )

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from perceiver.positions import fourier_features
+from perceiver.queries import (
+    FourierQueries,
+    InputQueries,
+    LearnedPositionQueries,
+    LearnedQueries,
+    MultimodalQueries,
+)
+
+
+def test_learned_and_position_queries():
+    x = torch.randn(3, 5, 7)
+    learned = LearnedQueries(LearnedQueries.Config(2, 4))
+    assert learned(x).shape == (3, 2, 4)
+    positions = LearnedPositionQueries(LearnedPositionQueries.Config(10, 4))
+    torch.testing.assert_close(positions(x)[0], positions.table.table[:5])  # one per input position
+    index = torch.tensor([9, 2])
+    torch.testing.assert_close(positions(x, index)[2], positions.table.table[index])
+
+
+def test_fourier_queries_any_subset():
+    q = FourierQueries(FourierQueries.Config((4, 6), 3))
+    x = torch.randn(2, 1, 1)
+    torch.testing.assert_close(q(x)[1], fourier_features((4, 6), 3))
+    index = torch.tensor([23, 5, 0])
+    torch.testing.assert_close(q(x, index)[0], fourier_features((4, 6), 3)[index])
+
+
+def test_input_queries_are_the_adapted_inputs():
+    q = InputQueries(InputQueries.Config(7))
+    x = torch.randn(2, 5, 7)
+    assert q(x) is x
+    torch.testing.assert_close(q(x, torch.tensor([4, 1])), x[:, [4, 1]])
+    with pytest.raises(ValueError, match="expected adapted inputs of width 7"):
+        q(torch.randn(2, 5, 6))
+
+
+def test_multimodal_queries_padded_to_common_width():
+    q = MultimodalQueries(MultimodalQueries.Config(modalities={
+        "image": FourierQueries.Config((2, 2), 2), "label": LearnedQueries.Config(1, 3)}))
+    out = q(torch.randn(2, 1, 1), {"image": torch.tensor([3])})
+    assert list(out) == ["image", "label"] and q.output_dim == 10 + 2
+    assert out["image"].shape == (2, 1, 12) and out["label"].shape == (2, 1, 12)
+    torch.testing.assert_close(out["label"][0, 0, 3:], q.padding["label"])
+    with pytest.raises(ValueError, match=r"query_index: unknown modalities \['audio'\]"):
+        q(torch.randn(2, 1, 1), {"audio": torch.tensor([0])})
