@@ -7,7 +7,7 @@ from perceiver.convert import convert_key, from_transformers
 
 transformers = pytest.importorskip("transformers")
 
-TEXT_CONFIGS = [  # cross heads, self heads, qk, v, d_latents, widening (self, cross), blocks, layers, residual
+TEXT_CONFIGS = [  # heads, qk/v widths, latents, widening factors, blocks, layers, residual, GELU
     dict(num_cross_attention_heads=1, num_self_attention_heads=2, d_latents=32),
     dict(num_cross_attention_heads=4, num_self_attention_heads=8, qk_channels=16, v_channels=64,
          d_latents=64, self_attention_widening_factor=4, cross_attention_widening_factor=2),
