@@ -1,1 +1,1 @@
-
+"""The jobs built on the ``perceiver`` library: data, masking, recipes, demos."""
