@@ -56,14 +56,18 @@ def main(argv=None):
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=128, help="byte embedding width")
+    parser.add_argument("--num-latents", type=int, default=64)
+    parser.add_argument("--latent-dim", type=int, default=256)
+    parser.add_argument("--num-layers", type=int, default=4)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     train, held_out = load_corpus()
     print(f"corpus: {len(train) / 1e6:.1f} MB of training bytes, {len(held_out) / 1e6:.2f} MB held out")
-    model = PerceiverIO(presets.byte_mlm(max_seq_len=args.seq_len, dim=128, num_latents=64, latent_dim=256,
-                                         num_layers=4, num_heads=4))
+    model = PerceiverIO(presets.byte_mlm(max_seq_len=args.seq_len, dim=args.dim, num_latents=args.num_latents,
+                                         latent_dim=args.latent_dim, num_layers=args.num_layers, num_heads=4))
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)

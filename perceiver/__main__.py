@@ -1,0 +1,5 @@
+import sys
+
+from perceiver.cli import main
+
+sys.exit(main())
