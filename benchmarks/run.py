@@ -79,7 +79,8 @@ def run_config(name: str, repeats: int) -> dict:
     return {
         "config": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "step_s": train_s, "infer_s": infer_s, "gflop": flops / 1e9,
-        "gflops": flops / 1e9 / train_s, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "gflops": flops / 1e9 / train_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
 
 
@@ -94,8 +95,8 @@ def in_subprocess(args: list[str]) -> dict:
 
 
 def table(rows: list[dict], peaks: dict) -> str:
-    lines = ["| config | params | fwd+bwd s | no-grad fwd s | GFLOP/step | GFLOP/s | share of peak | peak RSS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| config | params | fwd+bwd s | no-grad fwd s | GFLOP/step | GFLOP/s | share of peak "
+             "| peak RSS |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = peaks["bf16"] if r["config"].endswith("bf16") else peaks["fp32"]
         lines.append(f"| {r['config']} | {r['params_m']:.1f}M | {r['step_s']:.3f} | {r['infer_s']:.3f} | "

@@ -76,7 +76,8 @@ def main(argv=None):
 
     start, running = time.time(), []
     for step in range(1, args.steps + 1):
-        loss, accuracy = masked_loss(model, windows(train, args.batch_size, args.seq_len, generator), generator)
+        batch = windows(train, args.batch_size, args.seq_len, generator)
+        loss, accuracy = masked_loss(model, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,7 +93,8 @@ def main(argv=None):
     model.eval()
     eval_gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
-        results = [masked_loss(model, windows(held_out, 64, args.seq_len, eval_gen), eval_gen) for _ in range(8)]
+        batches = [windows(held_out, 64, args.seq_len, eval_gen) for _ in range(8)]
+        results = [masked_loss(model, batch, eval_gen) for batch in batches]
     loss = sum(r[0].item() for r in results) / len(results)
     accuracy = sum(r[1].item() for r in results) / len(results)
     print(f"held-out speeches: masked-byte accuracy {accuracy:.3f}, {loss / math.log(2):.3f} bits per byte")

@@ -9,9 +9,9 @@ from perceiver.cli import main
 
 def test_convert_then_info(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    config = transformers.PerceiverConfig(num_latents=4, d_latents=16, d_model=8, num_self_attends_per_block=1,
-                                          num_self_attention_heads=2, num_cross_attention_heads=2,
-                                          max_position_embeddings=16)
+    config = transformers.PerceiverConfig(
+        num_latents=4, d_latents=16, d_model=8, num_self_attends_per_block=1, num_self_attention_heads=2,
+        num_cross_attention_heads=2, max_position_embeddings=16)
     hf = transformers.PerceiverForMaskedLM(config).eval()
     hf.save_pretrained(tmp_path / "hf")
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
