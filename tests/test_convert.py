@@ -106,3 +106,23 @@ def test_language_perceiver_preset_matches_official_architecture():
     expected.encoder.dropout = ours.encoder.dropout = 0.0
     expected.decoder.dropout = ours.decoder.dropout = 0.0
     assert ours == expected
+
+
+@pytest.mark.parametrize("bands, resolution", [(4, (8, 8)), (16, (224, 224)), (7, (30, 11))])
+def test_image_fourier_head_with_other_bands(bands, resolution):
+    """transformers' head hard-codes 64 bands at 224 x 224; swap in another preprocessor."""
+    mp = pytest.importorskip("transformers.models.perceiver.modeling_perceiver")
+    config = hf_config(num_cross_attention_heads=1, num_self_attention_heads=2)
+    hf = transformers.PerceiverForImageClassificationFourier(config)
+    prep = mp.PerceiverImagePreprocessor(config, prep_type="pixels", spatial_downsample=1,
+                                         fourier_position_encoding_kwargs=dict(
+                                             num_bands=bands, max_resolution=resolution, concat_pos=True,
+                                             sine_only=False))
+    hf.perceiver.input_preprocessor = prep
+    hf.perceiver.encoder = mp.PerceiverEncoder(config, kv_dim=prep.num_channels)
+    hf.eval()
+    ours = from_transformers(hf, image_shape=(6, 9)).eval()
+    assert ours.input_adapter.output_dim == 3 + 4 * bands + 2
+    pixels = torch.randn(2, 3, 6, 9)
+    with torch.no_grad():
+        assert relative_error(hf(inputs=pixels).logits, ours(inputs=pixels).logits) < 1e-4
