@@ -32,13 +32,7 @@ def grid_positions(index_dims: Sequence[int], index: Tensor | None = None) -> Te
         axes = [torch.linspace(-1.0, 1.0, n, dtype=torch.float64) for n in dims]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
         return grid.reshape(-1, len(dims))
-    index = torch.as_tensor(index)
-    if index.dtype.is_floating_point or index.dim() != 1:
-        raise ValueError(f"index: expected a 1-D integer tensor, got {index.dtype} {list(index.shape)}")
-    total = math.prod(dims)
-    if len(index) and (int(index.min()) < 0 or int(index.max()) >= total):
-        raise ValueError(f"index: expected values in [0, {total}), got [{int(index.min())}, "
-                         f"{int(index.max())}]")
+    check_index(index, math.prod(dims), name="index")
     coords = torch.stack(torch.unravel_index(index.cpu(), dims), dim=-1).double()
     sizes = torch.tensor(dims, dtype=torch.float64)
     return -1.0 + 2.0 * coords / (sizes - 1).clamp(min=1)
@@ -99,13 +93,13 @@ class FourierPositions(nn.Module):
         return self.table[index.to(self.table.device)]
 
 
-def check_index(index: Tensor, size: int) -> None:
+def check_index(index: Tensor, size: int, name: str = "query_index") -> None:
     """Validate a 1-D integer index into a table of ``size`` rows."""
     if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
-        shape = list(index.shape) if isinstance(index, Tensor) else type(index).__name__
-        raise ValueError(f"query_index: expected a 1-D integer tensor, got {shape}")
+        shape = f"{index.dtype} {list(index.shape)}" if isinstance(index, Tensor) else type(index).__name__
+        raise ValueError(f"{name}: expected a 1-D integer tensor, got {shape}")
     if len(index) and (int(index.min()) < 0 or int(index.max()) >= size):
-        raise ValueError(f"query_index: expected values in [0, {size}), got "
+        raise ValueError(f"{name}: expected values in [0, {size}), got "
                          f"[{int(index.min())}, {int(index.max())}]")
 
 
