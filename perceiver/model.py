@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiver.checkpoint import PretrainedMixin
 from perceiver.config import build, register
+from perceiver.inputs import MultimodalAdapter
 from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation
 from perceiver.outputs import build_output
 
@@ -204,8 +205,13 @@ class PerceiverIO(PretrainedMixin, nn.Module):
 
     def forward(self, inputs, attention_mask: Tensor | None = None, *, query_index=None,
                 modality_mask=None, return_attention: bool = False) -> PerceiverOutput:
-        extra = {} if modality_mask is None else {"modality_mask": modality_mask}
-        x, attention_mask = self.input_adapter(inputs, attention_mask, **extra)
+        if modality_mask is None:
+            x, attention_mask = self.input_adapter(inputs, attention_mask)
+        elif isinstance(self.input_adapter, MultimodalAdapter):
+            x, attention_mask = self.input_adapter(inputs, attention_mask, modality_mask=modality_mask)
+        else:
+            raise ValueError(f"modality_mask: expected a model with a multimodal input adapter, got "
+                             f"{type(self.input_adapter).__name__}")
         if return_attention:
             latents, attentions = self.encoder(x, attention_mask, return_weights=True)
             y, attentions["decoder"] = self.decoder(self.queries(x, query_index), latents, True)

@@ -150,6 +150,10 @@ def test_multimodal_subsampled_queries_and_masked_label():
      r"attention_mask: expected shape \[2, 40\]"),
     (lambda m: m(inputs=torch.randn(2, 40)), "inputs: expected an integer tensor"),
     (lambda m: m(inputs={"text": torch.zeros(2, 4)}), "inputs: expected a tensor, got dict"),
+    (lambda m: m(inputs=torch.randint(0, 262, (2, 40)), modality_mask={"label": torch.ones(2)}),
+     "modality_mask: expected a model with a multimodal input adapter, got TokenInputAdapter"),
+    (lambda m: m(inputs=torch.randint(0, 262, (2, 40)), query_index={"label": torch.tensor([0])}),
+     "query_index: expected a 1-D integer tensor, got dict"),
 ])
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
