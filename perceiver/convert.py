@@ -17,6 +17,7 @@ from torch import nn
 from perceiver.inputs import ImageFourierAdapter, TokenInputAdapter
 from perceiver.model import DecoderConfig, EncoderConfig, PerceiverIO
 from perceiver.outputs import ClassificationOutput, TiedTokenOutput
+from perceiver.positions import fourier_channels
 from perceiver.queries import LearnedPositionQueries, LearnedQueries
 
 SUPPORTED = (
@@ -145,7 +146,7 @@ def config_from_transformers(hf_model, image_shape=None) -> PerceiverIO.Config:
         input_dim = hf.d_model
     else:
         inputs = _image_fourier_input(hf_model, image_shape)
-        input_dim = ImageFourierAdapter(inputs).output_dim
+        input_dim = inputs.in_channels + fourier_channels(2, inputs.num_bands)
     layer = decoder.decoder.decoding_cross_attention
     queries = LearnedQueries.Config(1, decoder.decoder.num_channels)
     return PerceiverIO.Config(inputs, _encoder_config(hf, input_dim), queries,
@@ -182,9 +183,12 @@ def from_transformers(model_or_path, image_shape=None) -> PerceiverIO:
             converted[ours] = value
     if unmapped:
         raise ValueError(f"model: transformers weights with no counterpart here: {unmapped}")
-    if isinstance(model.output_adapter, TiedTokenOutput):  # tied: the same tensor under two names
-        converted["output_adapter.embedding.weight"] = converted["input_adapter.embedding.weight"]
-    target = model.state_dict()
+    target = model.state_dict(keep_vars=True)
+    first_name = {}  # tied weights (e.g. MLM logits and input embedding): one tensor, several names
+    for key, tensor in target.items():
+        first = first_name.setdefault(id(tensor), key)
+        if first != key and first in converted:
+            converted[key] = converted[first]
     missing = sorted(set(target) - set(converted))
     unexpected = sorted(set(converted) - set(target))
     if missing or unexpected:
