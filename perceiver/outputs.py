@@ -76,6 +76,22 @@ class LinearOutput(nn.Module):
         return self.linear(y)
 
 
+@register("audio_samples")
+class AudioSampleOutput(nn.Module):
+    """Audio patches back to samples: ``[B, O, C] -> [B, O * samples_per_patch]``."""
+
+    @dataclass
+    class Config:
+        samples_per_patch: int = 16
+
+    def __init__(self, config: Config, query_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(query_dim, config.samples_per_patch)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return rearrange(self.linear(y), "b o p -> b (o p)")
+
+
 @register("optical_flow")
 class OpticalFlowOutput(nn.Module):
     """Per-pixel flow: ``[B, H*W, C] -> [B, H, W, 2]``, divided by ``rescale`` (DeepMind: 100)."""
@@ -97,20 +113,29 @@ class OpticalFlowOutput(nn.Module):
 
 @register("multimodal_output")
 class MultimodalOutput(nn.Module):
-    """One output adapter per modality: ``{name: [B, O_i, C]} -> {name: logits}``."""
+    """One output adapter per modality: ``{name: [B, O_i, C]} -> {name: logits}``. With
+    ``projection_dim`` a linear layer shared by all modalities comes first (DeepMind's multimodal
+    decoder projects every query to 512 channels before the per-modality heads)."""
 
     @dataclass
     class Config:
         modalities: dict = field(default_factory=dict)  # name -> output adapter config
+        projection_dim: int | None = None
 
     def __init__(self, config: Config, query_dim: int):
         super().__init__()
+        self.projection = None
+        if config.projection_dim is not None:
+            self.projection = nn.Linear(query_dim, config.projection_dim)
+            query_dim = config.projection_dim
         self.heads = nn.ModuleDict({n: build_output(c, query_dim) for n, c in config.modalities.items()})
 
     def forward(self, y: dict[str, Tensor]) -> dict[str, Tensor]:
         unknown = sorted(set(y) - set(self.heads))
         if unknown:
             raise ValueError(f"outputs: unknown modalities {unknown}, expected among {sorted(self.heads)}")
+        if self.projection is not None:
+            y = {name: self.projection(value) for name, value in y.items()}
         return {name: self.heads[name](value) for name, value in y.items()}
 
 
@@ -119,5 +144,5 @@ def build_output(config, query_dim: int) -> nn.Module:
     return REGISTRY[config.kind](config, query_dim)
 
 
-__all__ = ["ClassificationOutput", "LinearOutput", "MultimodalOutput", "OpticalFlowOutput",
-           "TiedTokenOutput", "build_output"]
+__all__ = ["AudioSampleOutput", "ClassificationOutput", "LinearOutput", "MultimodalOutput",
+           "OpticalFlowOutput", "TiedTokenOutput", "build_output"]

@@ -21,21 +21,22 @@ def fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sin
     return num_dims * num_bands * (1 if sine_only else 2) + (num_dims if concat_pos else 0)
 
 
-def grid_positions(index_dims: Sequence[int], index: Tensor | None = None) -> Tensor:
+def grid_positions(index_dims: Sequence[int], index: Tensor | None = None, endpoint: bool = True) -> Tensor:
     """Positions in ``[-1, 1]`` of a grid, ``[prod(index_dims), d]`` (or ``[len(index), d]``).
 
     Per dimension ``linspace(-1, 1, n)``, end points included, combined in row-major ('ij') order.
-    ``index`` selects flat (row-major) indices: the same positions the full grid has there.
+    With ``endpoint=False`` position ``i`` is ``-1 + 2 i / n`` (numpy's ``endpoint=False``): the
+    convention of DeepMind's subsampled decoder queries. ``index`` selects flat (row-major)
+    indices: the same positions the full grid has there.
     """
     dims = _as_dims(index_dims)
     if index is None:
-        axes = [torch.linspace(-1.0, 1.0, n, dtype=torch.float64) for n in dims]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-        return grid.reshape(-1, len(dims))
-    check_index(index, math.prod(dims), name="index")
+        index = torch.arange(math.prod(dims))
+    else:
+        check_index(index, math.prod(dims), name="index")
     coords = torch.stack(torch.unravel_index(index.cpu(), dims), dim=-1).double()
     sizes = torch.tensor(dims, dtype=torch.float64)
-    return -1.0 + 2.0 * coords / (sizes - 1).clamp(min=1)
+    return -1.0 + 2.0 * coords / ((sizes - 1).clamp(min=1) if endpoint else sizes)
 
 
 def fourier_features(
@@ -45,6 +46,7 @@ def fourier_features(
     concat_pos: bool = True,
     sine_only: bool = False,
     index: Tensor | None = None,
+    endpoint: bool = True,
 ) -> Tensor:
     """Fourier position features of a grid, ``[prod(index_dims), C]`` (``[len(index), C]``).
 
@@ -52,14 +54,15 @@ def fourier_features(
     frequencies ``f_{i,k} = linspace(1, max_resolution_i / 2, K)`` (linear; ``max_resolution``
     defaults to the grid size); features ``[x_1..x_d (concat_pos), sin(pi f_{i,k} x_i) (i outer,
     k inner), cos(...) same order (unless sine_only)]``, so ``C = d*2K + d``. Computed in float64,
-    returned as float32.
+    returned as float32. ``endpoint=False`` spaces positions as ``-1 + 2 i / n`` (see
+    :func:`grid_positions`).
     """
     dims = _as_dims(index_dims)
     resolution = dims if max_resolution is None else tuple(max_resolution)
     if len(resolution) != len(dims):
         raise ValueError(f"max_resolution: expected {len(dims)} values (one per index dim), "
                          f"got {resolution!r}")
-    pos = grid_positions(dims, index)  # [n, d]
+    pos = grid_positions(dims, index, endpoint)  # [n, d]
     freqs = torch.stack(
         [torch.linspace(1.0, r / 2, num_bands, dtype=torch.float64) for r in resolution]
     )  # [d, K]
@@ -74,7 +77,8 @@ def fourier_features(
 class FourierPositions(nn.Module):
     """Fixed Fourier features for a grid, cached as a non-persistent buffer ``[prod(dims), C]``."""
 
-    def __init__(self, index_dims, num_bands, max_resolution=None, concat_pos=True, sine_only=False):
+    def __init__(self, index_dims, num_bands, max_resolution=None, concat_pos=True, sine_only=False,
+                 endpoint=True):
         super().__init__()
         self.index_dims = _as_dims(index_dims)
         self.num_bands = num_bands
@@ -82,7 +86,8 @@ class FourierPositions(nn.Module):
         self.concat_pos = concat_pos
         self.sine_only = sine_only
         self.num_channels = fourier_channels(len(self.index_dims), num_bands, concat_pos, sine_only)
-        feats = fourier_features(self.index_dims, num_bands, self.max_resolution, concat_pos, sine_only)
+        feats = fourier_features(self.index_dims, num_bands, self.max_resolution, concat_pos, sine_only,
+                                 endpoint=endpoint)
         self.register_buffer("table", feats, persistent=False)
 
     def forward(self, index: Tensor | None = None) -> Tensor:

@@ -59,7 +59,9 @@ class LearnedPositionQueries(LearnedQueries):
 @register("fourier_queries")
 class FourierQueries(nn.Module):
     """Fourier position features of an output grid (dense outputs: pixels, audio samples), for
-    all ``prod(index_dims)`` points or the flat ``index`` subset."""
+    all ``prod(index_dims)`` points or the flat ``index`` subset. ``endpoint=False`` places point
+    ``i`` at ``-1 + 2 i / n``, the convention of DeepMind's subsampled queries (and so of its
+    multimodal autoencoder's weights)."""
 
     @dataclass
     class Config:
@@ -68,12 +70,13 @@ class FourierQueries(nn.Module):
         max_resolution: tuple[int, ...] | None = None
         concat_pos: bool = True
         sine_only: bool = False
+        endpoint: bool = True
 
     def __init__(self, config: Config):
         super().__init__()
         self.positions = FourierPositions(
             config.index_dims, config.num_bands, config.max_resolution,
-            config.concat_pos, config.sine_only,
+            config.concat_pos, config.sine_only, config.endpoint,
         )
         self.output_dim = self.positions.num_channels
 

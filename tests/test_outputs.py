@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from perceiver.outputs import (
+    AudioSampleOutput,
     ClassificationOutput,
     LinearOutput,
     MultimodalOutput,
@@ -44,3 +45,15 @@ def test_multimodal_output():
     assert out["image"].shape == (2, 5, 4) and out["label"].shape == (2, 3)
     with pytest.raises(ValueError, match=r"outputs: unknown modalities \['audio'\]"):
         head({"audio": torch.randn(2, 1, 6)})
+
+
+def test_shared_projection_then_per_modality_heads():
+    head = MultimodalOutput(MultimodalOutput.Config(modalities={
+        "audio": AudioSampleOutput.Config(4), "label": ClassificationOutput.Config(3)},
+        projection_dim=5), query_dim=6)
+    y = {"audio": torch.randn(2, 7, 6), "label": torch.randn(2, 1, 6)}
+    out = head(y)
+    hidden = y["audio"] @ head.projection.weight.T + head.projection.bias
+    audio = head.heads["audio"].linear
+    torch.testing.assert_close(out["audio"], (hidden @ audio.weight.T + audio.bias).reshape(2, 28))
+    assert out["label"].shape == (2, 3)

@@ -7,11 +7,14 @@ import torch
 from perceiver.positions import FourierPositions, LearnedPositions, fourier_channels, fourier_features
 
 
-def numpy_fourier(index_dims, num_bands, max_resolution, concat_pos=True, sine_only=False):
+def numpy_fourier(index_dims, num_bands, max_resolution, concat_pos=True, sine_only=False, endpoint=True):
     """The DeepMind formula written out point by point."""
     rows = []
     for point in np.ndindex(*index_dims):
-        x = [-1 + 2 * p / (n - 1) if n > 1 else -1.0 for p, n in zip(point, index_dims, strict=True)]
+        if endpoint:
+            x = [-1 + 2 * p / (n - 1) if n > 1 else -1.0 for p, n in zip(point, index_dims, strict=True)]
+        else:
+            x = [-1 + 2 * p / n for p, n in zip(point, index_dims, strict=True)]
         sines, cosines = [], []
         for xi, res in zip(x, max_resolution, strict=True):
             for f in np.linspace(1.0, res / 2, num_bands):
@@ -45,6 +48,15 @@ def test_matches_transformers_generate_fourier_features():
     theirs = mp.generate_fourier_features(pos, 11, max_resolution=(224, 224))[0]
     # transformers works in float32: at frequency 112 the phase pi*112*x (~352) is off by ~2e-5.
     torch.testing.assert_close(fourier_features((6, 9), 11, (224, 224)), theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dims, res", [((9,), (40,)), ((2, 3, 5), (2, 12, 20))])
+def test_half_open_positions_of_deepmind_subsampled_queries(dims, res):
+    """``endpoint=False``: position i is -1 + 2 i / n, as DeepMind's subsampled decoder queries."""
+    expected = numpy_fourier(dims, 6, res, endpoint=False)
+    torch.testing.assert_close(fourier_features(dims, 6, res, endpoint=False), expected, atol=1e-6, rtol=0)
+    index = torch.tensor([5, 0, 7])
+    torch.testing.assert_close(FourierPositions(dims, 6, res, endpoint=False)(index), expected[index])
 
 
 def test_subset_equals_rows_of_full_grid():

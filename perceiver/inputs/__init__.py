@@ -10,9 +10,10 @@ from perceiver.inputs.image import (
 from perceiver.inputs.label import OneHotLabelAdapter
 from perceiver.inputs.multimodal import MultimodalAdapter
 from perceiver.inputs.text import TokenInputAdapter
+from perceiver.inputs.video import VideoPatchAdapter
 
 __all__ = [
     "AudioPatchAdapter", "Conv1x1Adapter", "ConvStemAdapter", "ImageFourierAdapter",
     "ImagePatchAdapter", "LogMelAdapter", "MultimodalAdapter", "OneHotLabelAdapter",
-    "TokenInputAdapter",
+    "TokenInputAdapter", "VideoPatchAdapter",
 ]

@@ -91,10 +91,22 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _stem_grid(size: int, padding: str) -> int:
+    if padding == "same":
+        return math.ceil(math.ceil(size / 2) / 2)
+    conv = (size - 1) // 2 + 1  # 7x7/2 conv, 3 zeros each side
+    return (conv - 3) // 2 + 1  # 3x3/2 max-pool, unpadded
+
+
 @register("image_conv_stem")
 class ConvStemAdapter(nn.Module):
-    """Conv 7x7/2 + BatchNorm + ReLU + max-pool 3x3/2 ('SAME' padding, as in DeepMind's JAX code),
-    then Fourier features of the downsampled grid: ``[B, C, H, W] -> [B, (H/4)(W/4), out + 4K + 2]``.
+    """Conv 7x7/2 + BatchNorm + ReLU + max-pool 3x3/2, then Fourier features of the downsampled
+    grid: ``[B, C, H, W] -> [B, H'*W', out + 4K + 2]``.
+
+    ``padding="same"`` is TensorFlow/JAX 'SAME' padding, as in DeepMind's code (224 -> 56 x 56);
+    ``"transformers"`` reproduces transformers' port (3 zeros on every side of the conv, no padding
+    in the max-pool: 224 -> 55 x 55). ``max_resolution`` defaults to the downsampled grid
+    (transformers fixes it at 56 x 56).
     """
 
     @dataclass
@@ -103,24 +115,30 @@ class ConvStemAdapter(nn.Module):
         in_channels: int = 3
         out_channels: int = 64
         num_bands: int = 64
+        padding: str = "same"
+        max_resolution: tuple[int, int] | None = None
 
     def __init__(self, config: Config):
         super().__init__()
+        if config.padding not in ("same", "transformers"):
+            raise ValueError(f"padding: expected 'same' or 'transformers', got {config.padding!r}")
         self.config = config
         self.conv = nn.Conv2d(config.in_channels, config.out_channels, 7, stride=2, bias=False)
         self.norm = nn.BatchNorm2d(config.out_channels)
-        grid = tuple(math.ceil(math.ceil(n / 2) / 2) for n in config.image_shape)
-        self.positions = FourierPositions(grid, config.num_bands)
+        grid = tuple(_stem_grid(n, config.padding) for n in config.image_shape)
+        self.positions = FourierPositions(grid, config.num_bands, config.max_resolution)
         self.output_dim = config.out_channels + self.positions.num_channels
         self.num_positions = math.prod(grid)
 
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
         _check_image(inputs, self.config.in_channels, self.config.image_shape)
+        same = self.config.padding == "same"
         (h, w) = inputs.shape[-2:]
-        x = F.pad(inputs, [*same_padding(w, 7, 2), *same_padding(h, 7, 2)])
+        x = F.pad(inputs, [*same_padding(w, 7, 2), *same_padding(h, 7, 2)] if same else [3] * 4)
         x = F.relu(self.norm(self.conv(x)))
-        (h, w) = x.shape[-2:]
-        x = F.pad(x, [*same_padding(w, 3, 2), *same_padding(h, 3, 2)], value=float("-inf"))
+        if same:
+            (h, w) = x.shape[-2:]
+            x = F.pad(x, [*same_padding(w, 3, 2), *same_padding(h, 3, 2)], value=float("-inf"))
         x = rearrange(F.max_pool2d(x, 3, stride=2), "b c h w -> b (h w) c")
         return _concat_positions(x, self.positions()), attention_mask
 
@@ -128,7 +146,9 @@ class ConvStemAdapter(nn.Module):
 @register("image_conv1x1")
 class Conv1x1Adapter(nn.Module):
     """A 1x1 convolution to ``out_channels`` with learned positions of width ``position_dim``
-    appended: ``[B, C, H, W] -> [B, H*W, out_channels + position_dim]``."""
+    appended: ``[B, C, H, W] -> [B, H*W, out_channels + position_dim]``. With
+    ``project_positions`` the table passes through a linear layer first (DeepMind's
+    learned-position ImageNet model)."""
 
     @dataclass
     class Config:
@@ -136,6 +156,7 @@ class Conv1x1Adapter(nn.Module):
         in_channels: int = 3
         out_channels: int = 256
         position_dim: int = 256
+        project_positions: bool = False
 
     def __init__(self, config: Config):
         super().__init__()
@@ -143,9 +164,11 @@ class Conv1x1Adapter(nn.Module):
         self.conv = nn.Conv2d(config.in_channels, config.out_channels, kernel_size=1)
         self.num_positions = math.prod(config.image_shape)
         self.positions = LearnedPositions(self.num_positions, config.position_dim)
+        dim = config.position_dim
+        self.position_projection = nn.Linear(dim, dim) if config.project_positions else nn.Identity()
         self.output_dim = config.out_channels + config.position_dim
 
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
         _check_image(inputs, self.config.in_channels, self.config.image_shape)
         x = rearrange(self.conv(inputs), "b c h w -> b (h w) c")
-        return _concat_positions(x, self.positions()), attention_mask
+        return _concat_positions(x, self.position_projection(self.positions())), attention_mask

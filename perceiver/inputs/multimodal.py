@@ -5,6 +5,9 @@ Each modality has its own adapter giving ``[B, M_i, C_i]``; each is padded to a 
 along M in sorted modality-name order (as DeepMind's code and transformers do). A modality that
 is left out of ``inputs``, or masked per example by ``modality_mask``, is replaced by a learned
 per-modality mask token (e.g. the label, which the model must then infer from the other modalities).
+``mask_probs`` replaces each element of a modality by its mask token with that probability, in
+training and evaluation alike, as DeepMind's code does (its Kinetics autoencoder masks the label
+with probability 1 so that the label is always inferred).
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ class MultimodalAdapter(nn.Module):
     class Config:
         modalities: dict = field(default_factory=dict)  # name -> adapter config
         min_padding: int = 2
+        mask_probs: dict = field(default_factory=dict)  # name -> probability of masking an element
 
     def __init__(self, config: Config):
         super().__init__()
         if not config.modalities:
             raise ValueError("modalities: expected at least one modality, got none")
+        for name, p in config.mask_probs.items():
+            if name not in config.modalities or not 0.0 <= p <= 1.0:
+                raise ValueError(f"mask_probs: expected probabilities in [0, 1] for modalities among "
+                                 f"{sorted(config.modalities)}, got {name!r}: {p!r}")
         self.config = config
         self.names = sorted(config.modalities)
         self.adapters = nn.ModuleDict({n: build(config.modalities[n]) for n in self.names})
@@ -83,6 +91,10 @@ class MultimodalAdapter(nn.Module):
                 masked = modality_mask[name]
                 check_size(f"modality_mask[{name!r}]", masked.shape, (batch,), "shape")
                 x = torch.where(masked.bool()[:, None, None], self.mask_tokens[name].to(x.dtype), x)
+            p = self.config.mask_probs.get(name, 0.0)
+            if p > 0:
+                masked = torch.rand(x.shape[:2], device=x.device) < p
+                x = torch.where(masked[..., None], self.mask_tokens[name].to(x.dtype), x)
             parts.append(x)
         x = torch.cat(parts, dim=1)
         if attention_mask is not None:

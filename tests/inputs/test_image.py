@@ -47,6 +47,30 @@ def test_conv_stem_downsamples_by_four_like_jax():
     torch.testing.assert_close(got[..., :4], h.flatten(2).transpose(1, 2))
 
 
+def test_conv_stem_transformers_padding():
+    config = ConvStemAdapter.Config((224, 224), 3, out_channels=8, num_bands=4, padding="transformers")
+    assert ConvStemAdapter(config).num_positions == 55 * 55
+    img = torch.randn(2, 3, 11, 8)
+    small = ConvStemAdapter(ConvStemAdapter.Config((11, 8), 3, out_channels=4, num_bands=2,
+                                                   padding="transformers", max_resolution=(9, 9))).eval()
+    got, _ = small(img)
+    h = F.relu(small.norm(F.conv2d(img, small.conv.weight, stride=2, padding=3)))  # 11x8 -> 6x4
+    h = F.max_pool2d(h, 3, stride=2)  # -> 2x1
+    assert got.shape == (2, 2, 4 + 2 * 2 * 2 + 2)
+    torch.testing.assert_close(got[..., :4], h.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(got[0, :, 4:], fourier_features((2, 1), 2, (9, 9)))
+    with pytest.raises(ValueError, match="padding: expected 'same' or 'transformers', got 'valid'"):
+        ConvStemAdapter(ConvStemAdapter.Config((8, 8), padding="valid"))
+
+
+def test_conv1x1_with_projected_positions():
+    adapter = Conv1x1Adapter(Conv1x1Adapter.Config((2, 3), 3, out_channels=5, position_dim=4,
+                                                   project_positions=True))
+    x, _ = adapter(torch.randn(2, 3, 2, 3))
+    projection = adapter.position_projection
+    torch.testing.assert_close(x[1, :, 5:], adapter.positions.table @ projection.weight.T + projection.bias)
+
+
 def test_conv1x1_with_learned_positions():
     adapter = Conv1x1Adapter(Conv1x1Adapter.Config((3, 3), 3, out_channels=5, position_dim=4))
     img = torch.randn(2, 3, 3, 3)

@@ -4,12 +4,12 @@ import torch
 from perceiver.inputs import AudioPatchAdapter, ImagePatchAdapter, MultimodalAdapter, OneHotLabelAdapter
 
 
-def make():
+def make(**options):
     return MultimodalAdapter(MultimodalAdapter.Config(modalities={
         "label": OneHotLabelAdapter.Config(10),
         "image": ImagePatchAdapter.Config((4, 4), 1, patch_size=2, num_bands=2),
         "audio": AudioPatchAdapter.Config(num_samples=32, samples_per_patch=8, num_bands=3),
-    }))
+    }, **options))
 
 
 def test_padding_and_sorted_concatenation():
@@ -37,6 +37,22 @@ def test_masking_with_learned_mask_token():
     torch.testing.assert_close(y[0, 8], adapter.mask_tokens["label"])
     torch.testing.assert_close(y[1, :8], adapter(full)[0][1, :8])
     assert y[1, 8, 4] == 1.0
+
+
+def test_mask_probs_mask_elements_at_that_rate_in_train_and_eval():
+    adapter = make(mask_probs={"label": 1.0, "image": 0.5, "audio": 0.0}).eval()
+    inputs = {"image": torch.randn(400, 1, 4, 4), "audio": torch.randn(400, 32),
+              "label": torch.zeros(400, 10)}
+    unmasked = make()
+    unmasked.load_state_dict(adapter.state_dict())
+    x, reference = adapter(inputs)[0], unmasked(inputs)[0]
+    torch.testing.assert_close(x[:, 8], adapter.mask_tokens["label"].expand(400, -1))  # always masked
+    torch.testing.assert_close(x[:, :4], reference[:, :4])  # never masked
+    image_masked = (x[:, 4:8] == adapter.mask_tokens["image"]).all(-1)
+    assert torch.equal(image_masked, ~(x[:, 4:8] == reference[:, 4:8]).all(-1))
+    assert 0.45 < image_masked.float().mean() < 0.55  # 1,600 Bernoulli(0.5) draws
+    with pytest.raises(ValueError, match="mask_probs: expected probabilities in .* got 'label': 1.5"):
+        make(mask_probs={"label": 1.5})
 
 
 def test_bad_modalities():
