@@ -1,6 +1,7 @@
 """The ``perceiver`` command line.
 
     perceiver convert SRC DST   # a transformers Perceiver checkpoint -> this package's format
+    perceiver export SRC DST    # this package's model -> a transformers checkpoint directory
     perceiver info DIR          # the model class, config and parameter count of a saved model
 """
 
@@ -11,17 +12,28 @@ import json
 import sys
 
 EPILOG = """examples:
-  perceiver convert ./language-perceiver ./language-perceiver-pt
-  perceiver info ./language-perceiver-pt
+  perceiver convert deepmind/language-perceiver ./language-perceiver     # hub id, when online
+  perceiver convert ./vision-perceiver-conv ./vision-conv --image-shape 224 224
+  perceiver info ./language-perceiver
+  perceiver export ./language-perceiver ./language-perceiver-hf
 """
 
 
 def convert(args) -> None:
     from perceiver.convert import from_transformers
 
-    model = from_transformers(args.src)
+    model = from_transformers(args.src, image_shape=args.image_shape)
     model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+
+
+def export(args) -> None:
+    from perceiver import from_pretrained
+    from perceiver.convert import to_transformers
+
+    hf_model = to_transformers(from_pretrained(args.src))
+    hf_model.save_pretrained(args.dst)
+    print(f"wrote {args.dst} ({type(hf_model).__name__})")
 
 
 def info(args) -> None:
@@ -42,7 +54,15 @@ def main(argv=None) -> int:
                                         "id, when online) into config.json + model.safetensors.")
     p.add_argument("src", help="transformers checkpoint directory or hub id")
     p.add_argument("dst", help="output directory (loadable with perceiver.from_pretrained)")
+    p.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
+                   help="input image size of an image classifier (default: its config.image_size)")
     p.set_defaults(run=convert)
+    p = commands.add_parser("export", help="export a model to a transformers checkpoint",
+                            description="Write a masked LM or classifier saved by this package as a "
+                                        "transformers checkpoint directory (PerceiverFor... heads).")
+    p.add_argument("src", help="directory written by save_pretrained")
+    p.add_argument("dst", help="output directory (loadable with transformers' from_pretrained)")
+    p.set_defaults(run=export)
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("dir", help="directory written by save_pretrained")
     p.set_defaults(run=info)

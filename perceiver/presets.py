@@ -9,10 +9,24 @@ from perceiver.inputs import (
     MultimodalAdapter,
     OneHotLabelAdapter,
     TokenInputAdapter,
+    VideoPatchAdapter,
 )
 from perceiver.model import DecoderConfig, EncoderConfig, PerceiverIO
-from perceiver.outputs import ClassificationOutput, LinearOutput, MultimodalOutput, TiedTokenOutput
-from perceiver.queries import FourierQueries, LearnedPositionQueries, LearnedQueries, MultimodalQueries
+from perceiver.outputs import (
+    AudioSampleOutput,
+    ClassificationOutput,
+    LinearOutput,
+    MultimodalOutput,
+    OpticalFlowOutput,
+    TiedTokenOutput,
+)
+from perceiver.queries import (
+    FourierQueries,
+    InputQueries,
+    LearnedPositionQueries,
+    LearnedQueries,
+    MultimodalQueries,
+)
 from perceiver.tokenizer import VOCAB_SIZE
 
 
@@ -99,4 +113,50 @@ def multimodal_autoencoder(image_shape=(28, 28), patch_size=4, num_samples=4096,
             "audio": LinearOutput.Config(samples_per_patch),
             "label": ClassificationOutput.Config(num_classes),
         }),
+    )
+
+
+def optical_flow(image_shape=(368, 496)) -> PerceiverIO.Config:
+    """DeepMind's optical-flow Perceiver IO (``deepmind/optical-flow-perceiver``): two frames whose
+    pixels carry their 3x3 neighbourhoods (27 channels each) projected to 64 channels, 2048 x 512
+    latents, 24 layers of 16 heads; each input element queries its own flow vector."""
+    width = 64 + 2 * 2 * 64 + 2
+    return PerceiverIO.Config(
+        input=VideoPatchAdapter.Config((2, *image_shape), 27, temporal_patch=2, spatial_patch=1,
+                                       projection_dim=64, num_bands=64, max_resolution=image_shape),
+        encoder=EncoderConfig(num_latents=2048, latent_dim=512, num_cross_heads=1, cross_qk_dim=width,
+                              cross_v_dim=width, num_self_layers=24, num_self_heads=16, self_qk_dim=512,
+                              self_v_dim=512),
+        queries=InputQueries.Config(width),
+        decoder=DecoderConfig(num_heads=1, qk_dim=512, v_dim=512),  # transformers: the latent width
+        output=OpticalFlowOutput.Config(image_shape, rescale=100.0),
+    )
+
+
+def kinetics_autoencoder(num_classes=700) -> PerceiverIO.Config:
+    """DeepMind's Kinetics-700 multimodal autoencoder (``deepmind/multimodal-perceiver``): 16 frames
+    of 224 x 224 in 1x4x4 patches, 30,720 audio samples in patches of 16, and the label (always
+    masked, so it is inferred), 784 x 512 latents; decode subsampled queries via ``query_index``."""
+    frames, samples = (16, 224, 224), 30720
+    return PerceiverIO.Config(
+        input=MultimodalAdapter.Config(modalities={
+            "audio": AudioPatchAdapter.Config(samples, 16, num_bands=192, max_resolution=samples),
+            "image": VideoPatchAdapter.Config(frames, 3, temporal_patch=1, spatial_patch=4, num_bands=32,
+                                              max_resolution=frames),
+            "label": OneHotLabelAdapter.Config(num_classes),
+        }, min_padding=4, mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0}),
+        encoder=EncoderConfig(num_latents=784, latent_dim=512, num_cross_heads=1, cross_qk_dim=704,
+                              cross_v_dim=704, num_self_layers=8, num_self_heads=8, self_qk_dim=512,
+                              self_v_dim=512),
+        queries=MultimodalQueries.Config(modalities={
+            "audio": FourierQueries.Config((samples // 16,), 192, (samples,), endpoint=False),
+            "image": FourierQueries.Config(frames, 32, frames, endpoint=False),
+            "label": LearnedQueries.Config(1, 1024),
+        }),
+        decoder=DecoderConfig(num_heads=1, qk_dim=512, v_dim=512),
+        output=MultimodalOutput.Config(modalities={
+            "audio": AudioSampleOutput.Config(16),
+            "image": LinearOutput.Config(3),
+            "label": ClassificationOutput.Config(num_classes),
+        }, projection_dim=512),
     )

@@ -11,7 +11,8 @@ from perceiver.queries import InputQueries
 
 CONFIGS = [
     presets.byte_mlm(), presets.language_perceiver(), presets.byte_classifier(),
-    presets.image_classifier_fourier(), presets.multimodal_autoencoder(),
+    presets.image_classifier_fourier(), presets.multimodal_autoencoder(), presets.optical_flow(),
+    presets.kinetics_autoencoder(),
     PerceiverIO.Config(input=ConvStemAdapter.Config(), queries=InputQueries.Config(64 + 258),
                        output=OpticalFlowOutput.Config()),
     PerceiverIO.Config(input=Conv1x1Adapter.Config(), queries=InputQueries.Config(512),
