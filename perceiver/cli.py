@@ -22,7 +22,7 @@ EPILOG = """examples:
 def convert(args) -> None:
     from perceiver.convert import from_transformers
 
-    model = from_transformers(args.src, image_shape=args.image_shape)
+    model = from_transformers(args.src, image_shape=args.image_shape, match=args.match)
     model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
 
@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("dst", help="output directory (loadable with perceiver.from_pretrained)")
     p.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
                    help="input image size of an image classifier (default: its config.image_size)")
+    p.add_argument("--match", choices=["transformers", "jax"], default="transformers",
+                   help="reproduce transformers' logits (default) or DeepMind's JAX code (tanh GELU, "
+                        "'SAME' conv padding)")
     p.set_defaults(run=convert)
     p = commands.add_parser("export", help="export a model to a transformers checkpoint",
                             description="Write a masked LM or classifier saved by this package as a "

@@ -6,12 +6,16 @@
 Called with the same tensors (fp32, eval mode) the converted model gives the same logits, with
 two calling differences: the MLM head decodes the input's positions (transformers decodes all
 ``max_position_embeddings``; pass ``query_index=torch.arange(2048)``), and the multimodal head
-takes transformers' ``subsampled_output_points`` as ``query_index``.
+takes transformers' ``subsampled_output_points`` as ``query_index``. With ``match="jax"`` the
+model instead follows DeepMind's JAX code where transformers departs from it (tanh GELU, 'SAME'
+padding in the conv stem).
 ``to_transformers`` exports the masked LM and the classifiers back. transformers is imported
 only when one of these functions runs.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -77,13 +81,29 @@ def _load(module: nn.Module, values: dict, what: str) -> None:
     module.load_state_dict({k: _fit(k, v, target[k].shape) for k, v in values.items()}, strict=True)
 
 
+def jax_behaviour(config: PerceiverIO.Config) -> PerceiverIO.Config:
+    """``config`` with DeepMind's JAX behaviour where transformers departs from it: the tanh
+    approximation of GELU and TensorFlow 'SAME' padding in the conv stem (56 x 56 at 224)."""
+    replace = dataclasses.replace
+    config = replace(config, encoder=replace(config.encoder, activation="gelu_tanh"),
+                     decoder=replace(config.decoder, activation="gelu_tanh"))
+    if config.input.kind == "image_conv_stem":
+        config = replace(config, input=replace(config.input, padding="same"))
+    return config
+
+
 @torch.no_grad()
-def from_transformers(model_or_path, image_shape=None) -> PerceiverIO:
+def from_transformers(model_or_path, image_shape=None, match: str = "transformers") -> PerceiverIO:
     """This package's model with the weights of a transformers Perceiver head (an instance, a
     directory written by its ``save_pretrained``, or a hub id when online). ``image_shape`` (H, W)
-    fixes the input size of the image classifiers (default: ``config.image_size``)."""
+    fixes the input size of the image classifiers (default: ``config.image_size``). ``match``:
+    ``"transformers"`` reproduces transformers' logits, ``"jax"`` DeepMind's code (see
+    :func:`jax_behaviour`)."""
+    if match not in ("transformers", "jax"):
+        raise ValueError(f"match: expected 'transformers' or 'jax', got {match!r}")
     hf_model = _load_transformers(model_or_path)
-    model = PerceiverIO(config_from_transformers(hf_model, image_shape))
+    config = config_from_transformers(hf_model, image_shape)
+    model = PerceiverIO(jax_behaviour(config) if match == "jax" else config)
     source = hf_model.state_dict()
     pairs = _key_pairs(source, type(hf_model).__name__)
     _load(model, {ours: source[key] for key, ours in pairs.items()}, "model")
@@ -109,4 +129,5 @@ def to_transformers(model: PerceiverIO):
     return hf_model.train(model.training)
 
 
-__all__ = ["SUPPORTED", "config_from_transformers", "convert_key", "from_transformers", "to_transformers"]
+__all__ = ["SUPPORTED", "config_from_transformers", "convert_key", "from_transformers", "jax_behaviour",
+           "to_transformers"]

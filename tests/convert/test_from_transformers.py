@@ -161,3 +161,14 @@ def test_loads_a_saved_transformers_directory(tmp_path):
     with torch.no_grad():
         assert relative_error(hf(inputs=ids, attention_mask=mask).logits,
                               ours(ids, attention_mask=mask).logits) < 1e-4
+
+
+def test_jax_behaviour_keeps_the_weights_and_switches_gelu_and_padding():
+    hf = randomized(transformers.PerceiverForImageClassificationConvProcessing(hf_config()))
+    ours = from_transformers(hf, image_shape=(224, 224))
+    jax = from_transformers(hf, image_shape=(224, 224), match="jax").eval()
+    assert jax.config.encoder.activation == jax.config.decoder.activation == "gelu_tanh"
+    assert jax.input_adapter.num_positions == 56 * 56  # SAME padding (tests/inputs/test_image.py)
+    assert all(torch.equal(value, jax.state_dict()[key]) for key, value in ours.state_dict().items())
+    with pytest.raises(ValueError, match="match: expected 'transformers' or 'jax', got 'tf'"):
+        from_transformers(hf, match="tf")
