@@ -2,7 +2,8 @@
 
 The building blocks live in submodules (``attention``, ``layers``, ``positions``, ``inputs``,
 ``queries``, ``outputs``, ``model``); ``perceiver.presets`` builds named configurations and
-``perceiver.convert`` loads transformers' Perceiver checkpoints (transformers is imported only there).
+``perceiver.convert`` loads transformers' Perceiver checkpoints and exports back (transformers is
+imported only there).
 """
 
 from perceiver.attention import MultiHeadAttention
