@@ -122,9 +122,10 @@ def test_multimodal_autoencoder_head(overrides, frames, size, samples):
     num_patches = frames * samples // config.samples_per_patch
     points = dict(image=torch.randperm(frames * size * size)[:11], audio=torch.randperm(num_patches)[:5],
                   label=None)
+    mask = padding_mask(2, num_patches + frames * size * size // 16 + 1)
     with torch.no_grad():
-        expected = hf(inputs=inputs, subsampled_output_points=points).logits
-        got = ours(inputs, query_index=points).logits
+        expected = hf(inputs=inputs, attention_mask=mask, subsampled_output_points=points).logits
+        got = ours(inputs, attention_mask=mask, query_index=points).logits
     assert sorted(got) == ["audio", "image", "label"]
     for name in expected:
         assert relative_error(expected[name], got[name]) < 1e-4
