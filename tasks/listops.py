@@ -1,0 +1,112 @@
+"""ListOps (Long Range Arena), generated here: nested MIN/MAX/MED/SM lists whose value is a digit.
+
+The distribution is the benchmark's (Tay et al., 2020): trees from depth 1 to at most 10; a node
+below the maximum depth is a uniform digit with probability 0.75, otherwise one of the four
+operators (uniform) over 2-10 (uniform) generated children; length counts 1 per digit and 2 per
+operator (its opening token and its closing bracket); a tree is kept when 500 < length < 2000,
+and trees are de-duplicated. ``Source`` is the benchmark's text form, which wraps every partial
+application in parentheses: MAX(2, 9) is ``( ( ( [MAX 2 ) 9 ) ] )``.
+
+    generate(n, seed=0)   -> datasets.Dataset with columns Source (str) and Target (int 0-9)
+    splits(cache_dir)     -> DatasetDict train/validation/test (96,000 / 2,000 / 2,000), cached
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+MAX_DEPTH, MAX_ARGS, LEAF_PROBABILITY = 10, 10, 0.75
+MIN_LENGTH, MAX_LENGTH = 500, 2000  # exclusive bounds
+SPLITS = {"train": 96_000, "validation": 2_000, "test": 2_000}
+
+
+def random_tree(rng: random.Random, depth: int = 1):
+    """A digit, or ``(operator, [children])``; and its length in benchmark tokens."""
+    if depth >= MAX_DEPTH or rng.random() > 1 - LEAF_PROBABILITY:
+        return rng.randrange(10), 1
+    children, length = [], 2
+    for _ in range(rng.randint(2, MAX_ARGS)):
+        child, child_length = random_tree(rng, depth + 1)
+        children.append(child)
+        length += child_length
+    return (rng.choice(OPERATORS), children), length
+
+
+def value(tree) -> int:
+    if isinstance(tree, int):
+        return tree
+    operator, children = tree
+    values = [value(c) for c in children]
+    if operator == "[MIN":
+        return min(values)
+    if operator == "[MAX":
+        return max(values)
+    if operator == "[MED":
+        return int(statistics.median(values))
+    return sum(values) % 10
+
+
+def to_text(tree) -> str:
+    """The benchmark's text form: ``( ( ( [MAX 2 ) 9 ) ] )`` for MAX(2, 9)."""
+    if isinstance(tree, int):
+        return str(tree)
+    operator, children = tree
+    text = f"( {operator} {to_text(children[0])} )"
+    for child in children[1:]:
+        text = f"( {text} {to_text(child)} )"
+    return f"( {text} ] )"
+
+
+def compact(source: str) -> str:
+    """The text without the parentheses (what models usually read): ``[MAX 2 9 ]``."""
+    return " ".join(token for token in source.split() if token not in "()")
+
+
+def _examples(n: int, rng: random.Random, seen: set[str]) -> tuple[list[str], list[int]]:
+    sources, targets = [], []
+    while len(sources) < n:
+        tree, length = random_tree(rng)
+        if not MIN_LENGTH < length < MAX_LENGTH:
+            continue
+        text = to_text(tree)
+        if text in seen:
+            continue
+        seen.add(text)
+        sources.append(text)
+        targets.append(value(tree))
+    return sources, targets
+
+
+def generate(n: int, seed: int = 0):
+    """``n`` distinct ListOps examples as a ``datasets.Dataset`` (Source, Target)."""
+    import datasets
+
+    if n < 0:
+        raise ValueError(f"n: expected a non-negative count, got {n}")
+    sources, targets = _examples(n, random.Random(seed), set())
+    features = datasets.Features({"Source": datasets.Value("string"),
+                                  "Target": datasets.ClassLabel(num_classes=10)})
+    return datasets.Dataset.from_dict({"Source": sources, "Target": targets}, features=features)
+
+
+def splits(cache_dir: str | Path, seed: int = 0, sizes: dict[str, int] | None = None):
+    """The standard splits (no example in two splits), built once and kept in ``cache_dir``."""
+    import datasets
+
+    sizes = dict(SPLITS if sizes is None else sizes)
+    path = Path(cache_dir) / (f"listops-seed{seed}-" + "-".join(f"{k}{v}" for k, v in sizes.items()))
+    if (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    total = generate(sum(sizes.values()), seed)
+    parts, start = {}, 0
+    for name, size in sizes.items():
+        parts[name] = total.select(range(start, start + size))
+        start += size
+    result = datasets.DatasetDict(parts)
+    tmp = path.with_name(path.name + ".tmp")
+    result.save_to_disk(str(tmp))
+    tmp.rename(path)  # atomic: a crash mid-write leaves no half-built cache
+    return datasets.load_from_disk(str(path))
