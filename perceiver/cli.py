@@ -3,6 +3,9 @@
     perceiver convert SRC DST   # a transformers Perceiver checkpoint -> this package's format
     perceiver export SRC DST    # this package's model -> a transformers checkpoint directory
     perceiver info DIR          # the model class, config and parameter count of a saved model
+    perceiver train TASK ...    # train a job (classify) into an output directory
+    perceiver evaluate DIR      # its metrics as one JSON object
+    perceiver predict DIR ...   # classify a text or a file
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ EPILOG = """examples:
   perceiver convert ./vision-perceiver-conv ./vision-conv --image-shape 224 224
   perceiver info ./language-perceiver
   perceiver export ./language-perceiver ./language-perceiver-hf
+  perceiver train classify --data listops --preset tiny --output-dir runs/listops-tiny
+  perceiver evaluate runs/listops-tiny
+  perceiver predict runs/listops-tiny --text "[MAX 2 9 [MIN 4 7 ] 0 ]"
+"""
+TRAIN_EPILOG = """examples:
+  perceiver train classify --data listops --preset tiny --output-dir runs/tiny
+  perceiver train classify --data listops --preset listops --output-dir runs/listops train.lr=3e-4
+  perceiver train classify --data ./my-dataset --preset tiny --output-dir runs/mine \\
+      task.text_column=text task.label_column=label
+  perceiver train classify --data listops --preset tiny --output-dir runs/tiny --resume --max-steps 40
 """
 
 
@@ -45,6 +58,40 @@ def info(args) -> None:
                       "config": to_dict(model.config)}, indent=2))
 
 
+def train(args) -> None:
+    from tasks.recipes import run_train, settings_for
+
+    settings = settings_for(args.task, args.data, args.preset, args.overrides, args.config, args.seed,
+                            args.max_steps)
+    metrics = run_train(settings, args.output_dir, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+
+
+def evaluate(args) -> None:
+    from tasks.recipes import run_evaluate
+
+    print(json.dumps(run_evaluate(args.dir, args.model)))
+
+
+def predict(args) -> None:
+    from perceiver import from_pretrained
+    from tasks.recipes import build, load_run
+
+    texts = list(args.text or [])
+    for path in args.file or []:
+        try:
+            texts.append(open(path, encoding="utf-8").read())
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"--file: cannot read {path!r} as UTF-8 text: {error}") from error
+    if not texts:
+        raise ValueError("predict: expected --text or --file")
+    task, _ = build(load_run(args.dir))
+    probs = task.predict(from_pretrained(f"{args.dir}/best"), texts)
+    for text, p in zip(texts, probs, strict=True):
+        label, probability = int(p.argmax()), round(float(p.max()), 4)
+        print(json.dumps({"text": text[:60], "label": label, "probability": probability}))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver", description="Perceiver IO tools",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,10 +113,39 @@ def main(argv=None) -> int:
     p.add_argument("src", help="directory written by save_pretrained")
     p.add_argument("dst", help="output directory (loadable with transformers' from_pretrained)")
     p.set_defaults(run=export)
+    p = commands.add_parser("train", help="train a job", epilog=TRAIN_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Train a job into DIR: the latest model (perceiver."
+                                        "from_pretrained(DIR)), checkpoint/ for --resume, best/, "
+                                        "metrics.csv and run.json.")
+    p.add_argument("task", choices=["classify"], help="the job")
+    p.add_argument("--data", required=True, help="listops, a datasets directory, or a hub name (online)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--preset", default="tiny", help="named settings (tiny, listops)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint exactly")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="section.key=value (sections: task, train, model)")
+    p.set_defaults(run=train)
+    p = commands.add_parser("evaluate", help="print a trained job's metrics as JSON")
+    p.add_argument("dir", help="output directory of perceiver train")
+    p.add_argument("--model", choices=["best", "latest"], default="best")
+    p.set_defaults(run=evaluate)
+    p = commands.add_parser("predict", help="classify texts or files with a trained job")
+    p.add_argument("dir", help="output directory of perceiver train")
+    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")
+    p.set_defaults(run=predict)
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("dir", help="directory written by save_pretrained")
     p.set_defaults(run=info)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # overrides may follow the options of train
+    if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.run(args)
     except ValueError as error:

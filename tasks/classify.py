@@ -1,0 +1,132 @@
+"""Long-sequence classification of byte strings: ListOps, or any dataset with a text and a label
+column (a ``datasets`` directory saved with ``save_to_disk``, or a hub name when online).
+
+Text is read as UTF-8 bytes (``perceiver.tokenizer``) up to ``max_seq_len``; one learned query is
+decoded into class logits. Metrics: accuracy, and the confusion matrix from ``confusion``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from perceiver import presets, tokenizer
+
+
+@dataclass
+class ClassifyConfig:
+    data: str = "listops"
+    text_column: str = "Source"
+    label_column: str = "Target"
+    max_seq_len: int = 2048
+    data_sizes: dict = field(default_factory=dict)  # generated data only: {"train": n, ...}
+    model: dict = field(default_factory=dict)  # presets.byte_classifier arguments
+    eval_batch_size: int = 64
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PERCEIVER_CACHE", Path.home() / ".cache" / "perceiver"))
+
+
+def load_splits(config: ClassifyConfig):
+    """``(DatasetDict with train/validation/test, text transform)`` for ``config.data``."""
+    import datasets
+
+    if config.data == "listops":
+        from tasks import listops
+
+        return listops.splits(cache_dir(), sizes=config.data_sizes or None), listops.compact
+    if Path(config.data).exists():
+        splits = datasets.load_from_disk(config.data)
+    else:
+        splits = datasets.load_dataset(config.data)
+    missing = sorted({"train", "validation"} - set(splits))
+    if missing:
+        raise ValueError(f"data: expected splits train and validation in {config.data!r}, missing {missing}")
+    for name, split in splits.items():
+        for column in (config.text_column, config.label_column):
+            if column not in split.column_names:
+                raise ValueError(f"data: expected a column {column!r} in split {name!r}, "
+                                 f"got {split.column_names}")
+    return splits, None
+
+
+def num_classes(split, label_column: str) -> int:
+    feature = split.features[label_column]
+    if hasattr(feature, "num_classes"):
+        return feature.num_classes
+    return int(max(split[label_column])) + 1
+
+
+class ClassifyTask:
+    best_metric = "accuracy"
+
+    def __init__(self, config: ClassifyConfig):
+        self.config = config
+        self.splits, self.transform = load_splits(config)
+        self.num_classes = num_classes(self.splits["train"], config.label_column)
+
+    def model_config(self):
+        args = dict(num_classes=self.num_classes, max_seq_len=self.config.max_seq_len) | self.config.model
+        return presets.byte_classifier(**args)
+
+    def num_train_examples(self) -> int:
+        return len(self.splits["train"])
+
+    def encode(self, texts: list[str]):
+        if self.transform is not None:
+            texts = [self.transform(t) for t in texts]
+        return tokenizer.batch_encode(texts, self.config.max_seq_len)
+
+    def _batch(self, rows):
+        ids, mask = self.encode(rows[self.config.text_column])
+        labels = torch.tensor(rows[self.config.label_column], dtype=torch.long)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"{self.config.label_column}: expected labels in [0, {self.num_classes}), "
+                             f"got [{int(labels.min())}, {int(labels.max())}]")
+        return {"inputs": ids, "attention_mask": mask, "labels": labels}
+
+    def train_batch(self, indices):
+        return self._batch(self.splits["train"][indices])
+
+    def loss(self, model, batch):
+        logits = model(batch["inputs"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
+        return loss, {"accuracy": float(accuracy)}
+
+    @torch.no_grad()
+    def predict(self, model, texts: list[str]) -> torch.Tensor:
+        """Class probabilities ``[len(texts), num_classes]``."""
+        device = next(model.parameters()).device
+        ids, mask = self.encode(texts)
+        return model(ids.to(device), attention_mask=mask.to(device)).logits.float().softmax(-1).cpu()
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str = "validation") -> dict:
+        data, size = self.splits[split], self.config.eval_batch_size
+        matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        losses = []
+        for start in range(0, len(data), size):
+            batch = self._batch(data[start:start + size])
+            probs = self.predict_batch(model, batch)
+            losses.append(F.nll_loss(probs.clamp_min(1e-12).log(), batch["labels"], reduction="sum"))
+            matrix += confusion(probs.argmax(-1), batch["labels"], self.num_classes)
+        total = int(matrix.sum())
+        return {"accuracy": float(matrix.trace()) / max(1, total), "loss": float(sum(losses)) / max(1, total),
+                "confusion": matrix.tolist()}
+
+    def predict_batch(self, model, batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        logits = model(batch["inputs"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        return logits.float().softmax(-1).cpu()
+
+
+def confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[true, predicted]`` counts."""
+    return torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).view(
+        num_classes, num_classes)

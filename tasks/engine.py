@@ -1,0 +1,208 @@
+"""The training engine every job shares.
+
+A job is a ``Task``: it builds the model config, turns example indices into a batch, computes the
+loss of a batch and evaluates a split. The engine does the rest: AdamW with linear warm-up and
+cosine decay, gradient accumulation and clipping, bf16 autocast, activation checkpointing and
+torch.compile switches, a progress bar, metrics in ``metrics.csv``, checkpoints every
+``save_every`` steps and at the end, the best model by the task's validation metric, and exact
+resumption.
+
+Output directory::
+
+    DIR/config.json, model.safetensors   the latest model (perceiver.from_pretrained(DIR))
+    DIR/run.json                         what was run (task, data, preset, settings)
+    DIR/checkpoint/                      model + optimizer + RNG + step, for --resume
+    DIR/best/                            the best model by validation metric, with metrics.json
+    DIR/metrics.csv                      step, split, metric, value
+
+Data order is a pure function of the seed and the step (a fresh permutation per epoch), the
+learning rate a pure function of the step, and the RNG states are checkpointed, so a run stopped
+at step k and resumed ends with the same weights as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from tasks.state import find_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = 1.0
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 10
+    bf16: bool = False
+    activation_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda if available, else cpu
+
+
+class Task(Protocol):
+    best_metric: str  # validation metric to maximise
+
+    def model_config(self): ...
+    def num_train_examples(self) -> int: ...
+    def train_batch(self, indices: list[int]): ...
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def evaluate(self, model, split: str = "validation") -> dict[str, float]: ...
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_indices(micro_step: int, num_examples: int, batch_size: int, seed: int) -> list[int]:
+    """Examples of micro-batch ``micro_step``: epochs of seeded permutations, last partial batch
+    of each epoch dropped."""
+    per_epoch = num_examples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size: expected at most the {num_examples} training examples, "
+                         f"got {batch_size}")
+    epoch, position = divmod(micro_step, per_epoch)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size].tolist()
+
+
+def to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class MetricsLog:
+    """``metrics.csv`` in long form; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int | None):
+        self.path = path
+        rows = []
+        if keep_until is not None and path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["step", "split", "metric", "value"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerows([step, split, k, f"{v:.6g}"] for k, v in metrics.items()
+                                    if isinstance(v, (int, float)))
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if not config.bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool = False,
+          run_info: dict | None = None, progress: bool = True) -> dict[str, float]:
+    """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics."""
+    from tqdm.auto import tqdm
+
+    from perceiver import PerceiverIO
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
+                          else config.device)
+    torch.manual_seed(config.seed)
+    model_config = task.model_config()
+    model_config.encoder.checkpointing = config.activation_checkpointing
+    model = PerceiverIO(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, best = 0, {"value": None, "step": None}
+    if resume:
+        if find_checkpoint(output_dir / "checkpoint") is None:
+            raise ValueError(f"--resume: expected a checkpoint in {str(output_dir / 'checkpoint')!r}, "
+                             "found none")
+        trainer = load_checkpoint(output_dir / "checkpoint", model, optimizer)
+        start, best = trainer["step"], trainer["best"]
+    (output_dir / "run.json").write_text(json.dumps((run_info or {}) | {"train": asdict(config)},
+                                                    indent=2) + "\n")
+    log = MetricsLog(output_dir / "metrics.csv", keep_until=start if resume else None)
+    forward = torch.compile(model) if config.compile else model
+    n = task.num_train_examples()
+
+    def checkpoint(step):
+        model.save_pretrained(output_dir)
+        save_checkpoint(output_dir / "checkpoint", model, optimizer,
+                        {"step": step, "best": best, "best_metric": task.best_metric})
+
+    def evaluate(step):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.eval()
+            metrics = task.evaluate(model, "validation")
+            model.train()
+        log.write(step, "validation", metrics)
+        value = metrics[task.best_metric]
+        if best["value"] is None or value > best["value"]:
+            best.update(value=value, step=step)
+            model.save_pretrained(output_dir / "best")
+            (output_dir / "best" / "metrics.json").write_text(json.dumps(metrics | {"step": step}) + "\n")
+        return metrics
+
+    model.train()
+    bar = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, disable=not progress,
+               desc="train")
+    seen, began, metrics = 0, time.perf_counter(), {}
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        totals = {}
+        for micro in range(config.accumulate):
+            indices = batch_indices(step * config.accumulate + micro, n, config.batch_size, config.seed)
+            batch = to_device(task.train_batch(indices), device)
+            with _autocast(config, device):
+                loss, parts = task.loss(forward, batch)
+            (loss / config.accumulate).backward()
+            for k, v in ({"loss": loss.item()} | parts).items():
+                totals[k] = totals.get(k, 0.0) + v / config.accumulate
+            seen += len(indices)
+        if config.grad_clip:
+            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+        if not math.isfinite(totals["loss"]):
+            raise FloatingPointError(f"step {step + 1}: loss is {totals['loss']}; stopping, the last "
+                                     f"checkpoint in {output_dir / 'checkpoint'} is intact")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        rate = seen / max(1e-9, time.perf_counter() - began)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}", ex_per_s=f"{rate:.1f}")
+        if done % config.log_every == 0 or done == config.max_steps:
+            log.write(done, "train", totals | {"lr": learning_rate(step, config), "examples_per_s": rate})
+        if done % config.eval_every == 0 or done == config.max_steps:
+            metrics = evaluate(done)
+        if done % config.save_every == 0 or done == config.max_steps:
+            checkpoint(done)
+    if start >= config.max_steps:  # nothing left to train: still report the metrics
+        model.eval()
+        metrics = task.evaluate(model, "validation")
+    return metrics

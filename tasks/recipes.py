@@ -1,0 +1,110 @@
+"""Named presets for each job and the ``perceiver train / evaluate / predict`` commands' logic.
+
+A preset fixes the job's settings (data sizes, sequence length, model), the model and the
+training schedule; ``key=value`` overrides change any of them (``train.lr=3e-4``,
+``task.max_seq_len=1024``, ``model.latent_dim=128``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tasks.classify import ClassifyConfig, ClassifyTask
+from tasks.engine import TrainConfig, train
+
+TASKS = {"classify": (ClassifyConfig, ClassifyTask)}
+TINY_MODEL = dict(dim=32, num_latents=16, latent_dim=64, num_layers=1, num_heads=2)
+PRESETS = {
+    "classify": {
+        "tiny": dict(task=dict(max_seq_len=512, data_sizes={"train": 256, "validation": 64, "test": 64},
+                               model=TINY_MODEL),
+                     train=dict(max_steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10,
+                                save_every=10, log_every=5)),
+        "listops": dict(task=dict(max_seq_len=4096, model=dict(dim=128, num_latents=128, latent_dim=256,
+                                                               num_layers=4, num_heads=4)),
+                        train=dict(max_steps=5000, batch_size=32, lr=5e-4, warmup_steps=500,
+                                   eval_every=500, save_every=500)),
+    },
+}
+
+
+def _parse(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def apply_overrides(settings: dict, overrides: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.dim=64"]`` applied to ``{"task": {...}, "train": {...}}``."""
+    settings = json.loads(json.dumps(settings))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or not name:
+            raise ValueError(f"override: expected section.key=value, got {item!r}")
+        if section == "model":
+            settings["task"].setdefault("model", {})[name] = _parse(value)
+            continue
+        fields = {"task": settings["_task_fields"],
+                  "train": [f.name for f in dataclasses.fields(TrainConfig)]}
+        if section not in fields or name not in fields[section]:
+            raise ValueError(f"override: unknown key {key!r}; expected task.<{'|'.join(fields['task'])}>, "
+                             f"train.<{'|'.join(fields['train'])}> or model.<name>")
+        settings[section][name] = _parse(value)
+    return settings
+
+
+def settings_for(task: str, data: str, preset: str, overrides=(), config_file=None, seed=None,
+                 max_steps=None) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
+    if preset not in PRESETS[task]:
+        raise ValueError(f"--preset: expected one of {sorted(PRESETS[task])} for {task}, got {preset!r}")
+    base = PRESETS[task][preset]
+    settings = {"task": dict(base["task"], data=data), "train": dict(base["train"]),
+                "_task_fields": [f.name for f in dataclasses.fields(TASKS[task][0])]}
+    if config_file is not None:
+        loaded = json.loads(Path(config_file).read_text())
+        unknown = sorted(set(loaded) - {"task", "train"})
+        if unknown:
+            raise ValueError(f"--config: unknown sections {unknown} in {config_file}; expected task, train")
+        from_file = [f"{s}.{k}={json.dumps(v)}" for s in loaded for k, v in loaded[s].items()]
+        overrides = from_file + list(overrides)
+    settings = apply_overrides(settings, list(overrides))
+    if seed is not None:
+        settings["train"]["seed"] = seed
+    if max_steps is not None:
+        settings["train"]["max_steps"] = max_steps
+    del settings["_task_fields"]
+    return settings | {"job": task, "preset": preset}
+
+
+def build(settings: dict):
+    config_cls, task_cls = TASKS[settings["job"]]
+    return task_cls(config_cls(**settings["task"])), TrainConfig(**settings["train"])
+
+
+def run_train(settings: dict, output_dir, resume=False, progress=True) -> dict:
+    task, config = build(settings)
+    return train(task, config, output_dir, resume=resume, run_info=settings, progress=progress)
+
+
+def load_run(output_dir):
+    path = Path(output_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"DIR: expected run.json in {str(output_dir)!r} (written by perceiver train)")
+    return json.loads(path.read_text())
+
+
+def run_evaluate(output_dir, which: str = "best") -> dict:
+    """Metrics of the best (or latest) model on the validation and test splits."""
+    from perceiver import from_pretrained
+
+    settings = load_run(output_dir)
+    task, _ = build(settings)
+    model = from_pretrained(Path(output_dir) / "best" if which == "best" else output_dir)
+    splits = [s for s in ("validation", "test") if s in task.splits]
+    return {split: task.evaluate(model, split) for split in splits} | {"model": which}

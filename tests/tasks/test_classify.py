@@ -1,0 +1,68 @@
+"""The classification job end to end from the command line, on the tiny preset."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+import perceiver
+from perceiver.cli import main
+from tasks.classify import confusion
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_train_resume_evaluate_predict_on_listops(cache, capsys):
+    out = cache / "run"
+    assert main(["train", "classify", "--data", "listops", "--preset", "tiny", "--output-dir", str(out),
+                 "--quiet", "train.max_steps=10", "train.eval_every=5", "train.save_every=5"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= first["accuracy"] <= 1.0
+    assert main(["train", "classify", "--data", "listops", "--preset", "tiny", "--output-dir", str(out),
+                 "--quiet", "--resume", "--max-steps", "12", "train.eval_every=5", "train.save_every=5"]) == 0
+    assert json.loads((out / "checkpoint/trainer.json").read_text())["step"] == 12
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert sum(map(sum, metrics["test"]["confusion"])) == 64 and metrics["model"] == "best"
+    assert isinstance(perceiver.from_pretrained(out), perceiver.PerceiverIO)
+    assert main(["predict", str(out), "--text", "[MAX 2 9 [MIN 4 7 ] 0 ]"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["label"] <= 9
+
+
+def test_a_local_dataset_with_other_columns(cache, capsys):
+    texts = ["spam spam eggs", "ham and cheese", "eggs spam", "cheese ham"] * 8
+    data = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(32)]})
+        for split in ("train", "validation")})
+    data.save_to_disk(str(cache / "data"))
+    args = ["train", "classify", "--data", str(cache / "data"), "--preset", "tiny", "--output-dir",
+            str(cache / "run"), "--quiet", "train.max_steps=2", "task.text_column=text"]
+    assert main(args) == 2
+    assert "expected a column 'Target' in split 'train', got ['text', 'label']" in capsys.readouterr().err
+    assert main(args + ["task.label_column=label"]) == 0
+    assert main(["train", "classify", "--data", "listops", "--output-dir", str(cache / "x"),
+                 "train.learning_rate=1"]) == 2
+    assert "override: unknown key 'train.learning_rate'" in capsys.readouterr().err
+
+
+def test_labels_out_of_range_are_named(cache, capsys):
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"Source": ["a", "b"] * 8,
+                                                                    "Target": [0, 5] * 8})
+                                 for split in ("train", "validation")})
+    data.save_to_disk(str(cache / "data"))
+    data["train"] = data["train"].map(lambda r: {"Target": -1 if r["Source"] == "a" else r["Target"]})
+    data.save_to_disk(str(cache / "bad"))
+    assert main(["train", "classify", "--data", str(cache / "bad"), "--output-dir", str(cache / "run"),
+                 "--quiet", "train.max_steps=1"]) == 2
+    assert "Target: expected labels in [0, 6), got [-1, 5]" in capsys.readouterr().err
+
+
+def test_confusion_matrix_counts():
+    predicted, labels = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
+    assert confusion(predicted, labels, 3).tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]

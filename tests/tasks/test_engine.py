@@ -1,0 +1,123 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from perceiver import presets
+from tasks.engine import TrainConfig, batch_indices, learning_rate, train
+from tasks.state import find_checkpoint, save_checkpoint
+
+
+class CountTask:
+    """Is token 7 in the sequence? A small synthetic job; dropout makes the RNG matter."""
+
+    best_metric = "accuracy"
+
+    def __init__(self, crash_at=None, nan_at=None):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(6, 16, (96, 24), generator=g)
+        self.labels = (self.ids == 7).any(-1).long()
+        self.crash_at, self.nan_at, self.calls = crash_at, nan_at, 0
+
+    def model_config(self):
+        config = presets.byte_classifier(num_classes=2, max_seq_len=24, dim=16, num_latents=4, latent_dim=32,
+                                         num_layers=1, num_heads=2)
+        config.encoder.dropout = config.decoder.dropout = 0.1
+        return config
+
+    def num_train_examples(self):
+        return 64
+
+    def train_batch(self, indices):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return {"inputs": self.ids[indices], "labels": self.labels[indices]}
+
+    def loss(self, model, batch):
+        logits = model(batch["inputs"]).logits
+        loss = F.cross_entropy(logits, batch["labels"])
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return loss, {}
+
+    def evaluate(self, model, split="validation"):
+        with torch.no_grad():
+            predicted = model(self.ids[64:]).logits.argmax(-1)
+        return {"accuracy": float((predicted == self.labels[64:]).float().mean())}
+
+
+CONFIG = TrainConfig(max_steps=12, batch_size=8, accumulate=2, lr=3e-3, warmup_steps=3, eval_every=3,
+                     save_every=4, log_every=1)
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(0, config) == pytest.approx(0.1) and learning_rate(9, config) == pytest.approx(1.0)
+    assert learning_rate(60, config) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(110, config) == pytest.approx(0.1)
+
+
+def test_batches_are_seeded_epoch_permutations():
+    epoch = [i for step in range(4) for i in batch_indices(step, 35, 8, seed=1)]
+    assert len(set(epoch)) == 32 and max(epoch) < 35  # last partial batch dropped
+    assert batch_indices(4, 35, 8, seed=1) != batch_indices(0, 35, 8, seed=1)  # a new permutation
+    assert batch_indices(2, 35, 8, seed=1) == batch_indices(2, 35, 8, seed=1)
+    with pytest.raises(ValueError, match="batch_size: expected at most the 5 training examples, got 8"):
+        batch_indices(0, 5, 8, seed=0)
+
+
+def _losses(path):
+    with open(path) as f:
+        return [(r["step"], r["value"]) for r in csv.DictReader(f) if r["metric"] == "loss"]
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path):
+    train(CountTask(), CONFIG, tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # crashes during step 11 (micro-batch call 21)
+        train(CountTask(crash_at=21), CONFIG, tmp_path / "resumed", progress=False)
+    assert json.loads((tmp_path / "resumed/checkpoint/trainer.json").read_text())["step"] == 8
+    train(CountTask(), CONFIG, tmp_path / "resumed", resume=True, progress=False)
+    straight = load_file(tmp_path / "straight/model.safetensors")
+    resumed = load_file(tmp_path / "resumed/model.safetensors")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert _losses(tmp_path / "straight/metrics.csv") == _losses(tmp_path / "resumed/metrics.csv")
+    optimizer = load_file(tmp_path / "resumed/checkpoint/optimizer.safetensors")
+    assert any(k.endswith("exp_avg_sq") for k in optimizer) and "rng.cpu" in optimizer
+
+
+def test_best_model_is_kept(tmp_path):
+    train(CountTask(), CONFIG, tmp_path, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        scores = [(float(r["value"]), int(r["step"])) for r in csv.DictReader(f)
+                  if r["split"] == "validation"]
+    best = json.loads((tmp_path / "best/metrics.json").read_text())
+    assert best["accuracy"] == max(s for s, _ in scores)
+    assert best["step"] == min(step for s, step in scores if s == best["accuracy"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"step 6: loss is nan; .* checkpoint .* is intact"):
+        train(CountTask(nan_at=11), CONFIG, tmp_path, progress=False)
+    assert json.loads((tmp_path / "checkpoint/trainer.json").read_text())["step"] == 4
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--resume: expected a checkpoint"):
+        train(CountTask(), CONFIG, tmp_path, resume=True, progress=False)
+
+
+def test_a_save_cut_off_mid_rename_leaves_the_previous_checkpoint(tmp_path):
+    from perceiver import PerceiverIO
+
+    model = PerceiverIO(CountTask().model_config())
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "checkpoint", model, optimizer, {"step": 3})
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # crash between the two renames
+    found = find_checkpoint(tmp_path / "checkpoint")
+    assert found == tmp_path / "checkpoint.old"
+    assert json.loads((found / "trainer.json").read_text())["step"] == 3
