@@ -96,18 +96,22 @@ class FourierPositions(nn.Module):
         self.register_buffer("table", feats, persistent=False)
 
     def forward(self, index: Tensor | None = None) -> Tensor:
-        """All grid positions, or the flat ``index`` subset: ``[n, C]``."""
+        """All grid positions, or the flat ``index`` subset: ``[n, C]`` (``[B, n, C]`` for a 2-D
+        per-example index)."""
         if index is None:
             return self.table
-        check_index(index, self.table.shape[0])
+        check_index(index, self.table.shape[0], per_example=True)
         return self.table[index.to(self.table.device)]
 
 
-def check_index(index: Tensor, size: int, name: str = "query_index") -> None:
-    """Validate a 1-D integer index into a table of ``size`` rows."""
-    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
+def check_index(index: Tensor, size: int, name: str = "query_index", per_example: bool = False) -> None:
+    """Validate an integer index into a table of ``size`` rows: 1-D ``[O]``, or with
+    ``per_example`` also 2-D ``[B, O]`` (different rows for each example)."""
+    dims = (1, 2) if per_example else (1,)
+    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() not in dims:
         shape = f"{index.dtype} {list(index.shape)}" if isinstance(index, Tensor) else type(index).__name__
-        raise ValueError(f"{name}: expected a 1-D integer tensor, got {shape}")
+        kind = "a 1-D [O] or 2-D [B, O]" if per_example else "a 1-D"
+        raise ValueError(f"{name}: expected {kind} integer tensor, got {shape}")
     if len(index) and (int(index.min()) < 0 or int(index.max()) >= size):
         raise ValueError(f"{name}: expected values in [0, {size}), got "
                          f"[{int(index.min())}, {int(index.max())}]")
@@ -121,7 +125,8 @@ class LearnedPositions(nn.Module):
         self.table = nn.Parameter(torch.randn(num_positions, dim) * init_std)
 
     def forward(self, index: Tensor | None = None) -> Tensor:
+        """The table, or its ``index`` rows (``[B, n, dim]`` for a 2-D per-example index)."""
         if index is None:
             return self.table
-        check_index(index, self.table.shape[0])
+        check_index(index, self.table.shape[0], per_example=True)
         return self.table[index.to(self.table.device)]

@@ -2,8 +2,10 @@
 
 A provider is called as ``queries(x, index=None)`` where ``x [B, M, C_in]`` is the encoder's input
 array (it gives batch size, dtype and, for input-derived queries, the queries themselves) and
-``index`` picks a subset of the provider's queries (a 1-D tensor of flat indices; for multimodal
-queries a dict of them). It has ``output_dim``. Multimodal providers return a dict per modality.
+``index`` picks a subset of the provider's queries (a 1-D tensor of flat indices ``[O]``, or
+``[B, O]`` for a different subset per example, e.g. each example's masked positions; for
+multimodal queries a dict of them). It has ``output_dim``. Multimodal providers return a dict per
+modality.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.config import build, register
-from perceiver.positions import FourierPositions, LearnedPositions
+from perceiver.positions import FourierPositions, LearnedPositions, check_index
 
 
 def _batched(table: Tensor, x: Tensor) -> Tensor:
+    """``[O, C]`` shared by the batch, or ``[B, O, C]`` already per example."""
+    if table.dim() == 3 and table.shape[0] != x.shape[0]:
+        raise ValueError(f"query_index: expected {x.shape[0]} rows (one per example), got {table.shape[0]}")
     return table.to(x.dtype).expand(x.shape[0], -1, -1)
 
 
@@ -101,7 +106,15 @@ class InputQueries(nn.Module):
         if x.shape[-1] != self.output_dim:
             raise ValueError(f"inputs: expected adapted inputs of width {self.output_dim} for "
                              f"input_queries, got {x.shape[-1]}")
-        return x if index is None else x[:, index.to(x.device)]
+        if index is None:
+            return x
+        check_index(index, x.shape[1], per_example=True)
+        index = index.to(x.device)
+        if index.dim() == 1:
+            return x[:, index]
+        if index.shape[0] != x.shape[0]:
+            raise ValueError(f"query_index: expected {x.shape[0]} rows (one per example), got {index.shape[0]}")
+        return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 @register("multimodal_queries")

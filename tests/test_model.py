@@ -73,6 +73,9 @@ def test_query_subset_and_chunked_decoding_match_full_decoding():
     full = model(inputs=ids).logits
     index = torch.tensor([31, 0, 7])
     torch.testing.assert_close(model(inputs=ids, query_index=index).logits, full[:, index])
+    per_example = torch.tensor([[3, 30], [17, 3]])  # e.g. each example's masked positions
+    torch.testing.assert_close(model(inputs=ids, query_index=per_example).logits,
+                               torch.stack([full[0, [3, 30]], full[1, [17, 3]]]))
     model.decoder.chunk_size = 5
     torch.testing.assert_close(model(inputs=ids).logits, full, atol=1e-6, rtol=1e-6)
 
@@ -153,7 +156,7 @@ def test_multimodal_subsampled_queries_and_masked_label():
     (lambda m: m(inputs=torch.randint(0, 262, (2, 40)), modality_mask={"label": torch.ones(2)}),
      "modality_mask: expected a model with a multimodal input adapter, got TokenInputAdapter"),
     (lambda m: m(inputs=torch.randint(0, 262, (2, 40)), query_index={"label": torch.tensor([0])}),
-     "query_index: expected a 1-D integer tensor, got dict"),
+     "query_index: expected a 1-D \\[O\\] or 2-D \\[B, O\\] integer tensor, got dict"),
 ])
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):

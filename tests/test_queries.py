@@ -21,6 +21,22 @@ def test_learned_and_position_queries():
     torch.testing.assert_close(positions(x, index)[2], positions.table.table[index])
 
 
+def test_a_different_subset_per_example():
+    x = torch.randn(2, 5, 4)
+    index = torch.tensor([[4, 0, 1], [2, 2, 3]])
+    positions = LearnedPositionQueries(LearnedPositionQueries.Config(10, 4))
+    out = positions(x, index)
+    torch.testing.assert_close(out[1], positions.table.table[index[1]])
+    fourier = FourierQueries(FourierQueries.Config((5,), 2))
+    torch.testing.assert_close(fourier(x, index)[0], fourier_features((5,), 2)[index[0]])
+    inputs = InputQueries(InputQueries.Config(4))
+    torch.testing.assert_close(inputs(x, index)[1], x[1, index[1]])
+    with pytest.raises(ValueError, match=r"query_index: expected 2 rows \(one per example\), got 3"):
+        positions(x, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected a 1-D \[O\] or 2-D \[B, O\] integer tensor"):
+        positions(x, torch.zeros(1, 2, 2, dtype=torch.long))
+
+
 def test_fourier_queries_any_subset():
     q = FourierQueries(FourierQueries.Config((4, 6), 3))
     x = torch.randn(2, 1, 1)
