@@ -113,7 +113,8 @@ class InputQueries(nn.Module):
         if index.dim() == 1:
             return x[:, index]
         if index.shape[0] != x.shape[0]:
-            raise ValueError(f"query_index: expected {x.shape[0]} rows (one per example), got {index.shape[0]}")
+            raise ValueError(f"query_index: expected {x.shape[0]} rows (one per example), "
+                             f"got {index.shape[0]}")
         return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
