@@ -3,9 +3,9 @@
     perceiver convert SRC DST   # a transformers Perceiver checkpoint -> this package's format
     perceiver export SRC DST    # this package's model -> a transformers checkpoint directory
     perceiver info DIR          # the model class, config and parameter count of a saved model
-    perceiver train TASK ...    # train a job (classify) into an output directory
+    perceiver train TASK ...    # train a job (classify, mlm) into an output directory
     perceiver evaluate DIR      # its metrics as one JSON object
-    perceiver predict DIR ...   # classify a text or a file
+    perceiver predict DIR ...   # classify a text or a file, fill masked bytes
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ TRAIN_EPILOG = """examples:
   perceiver train classify --data ./my-dataset --preset tiny --output-dir runs/mine \\
       task.text_column=text task.label_column=label
   perceiver train classify --data listops --preset tiny --output-dir runs/tiny --resume --max-steps 40
+  perceiver train mlm --data sotu --preset sotu --output-dir runs/mlm
+  perceiver predict runs/mlm --text "The Congress of the United ______ shall have power."
 """
 
 
@@ -86,10 +88,8 @@ def predict(args) -> None:
     if not texts:
         raise ValueError("predict: expected --text or --file")
     task, _ = build(load_run(args.dir))
-    probs = task.predict(from_pretrained(f"{args.dir}/best"), texts)
-    for text, p in zip(texts, probs, strict=True):
-        label, probability = int(p.argmax()), round(float(p.max()), 4)
-        print(json.dumps({"text": text[:60], "label": label, "probability": probability}))
+    for prediction in task.predictions(from_pretrained(f"{args.dir}/best"), texts):
+        print(json.dumps(prediction))
 
 
 def main(argv=None) -> int:
@@ -118,10 +118,12 @@ def main(argv=None) -> int:
                             description="Train a job into DIR: the latest model (perceiver."
                                         "from_pretrained(DIR)), checkpoint/ for --resume, best/, "
                                         "metrics.csv and run.json.")
-    p.add_argument("task", choices=["classify"], help="the job")
-    p.add_argument("--data", required=True, help="listops, a datasets directory, or a hub name (online)")
+    p.add_argument("task", choices=["classify", "mlm"], help="the job")
+    p.add_argument("--data", required=True, help="classify: listops, a datasets directory or a hub name "
+                                                 "(online); mlm: sotu, a text file or a directory of .txt")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--preset", default="tiny", help="named settings (tiny, listops)")
+    p.add_argument("--preset", default="tiny",
+                   help="named settings (classify: tiny, listops; mlm: tiny, sotu)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
     p.add_argument("--seed", type=int)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--model", choices=["best", "latest"], default="best")
     p.set_defaults(run=evaluate)
-    p = commands.add_parser("predict", help="classify texts or files with a trained job")
+    p = commands.add_parser("predict", help="apply a trained job: classify texts or files, fill '_' bytes")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")

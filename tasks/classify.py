@@ -106,6 +106,10 @@ class ClassifyTask:
         ids, mask = self.encode(texts)
         return model(ids.to(device), attention_mask=mask.to(device)).logits.float().softmax(-1).cpu()
 
+    def predictions(self, model, texts: list[str]) -> list[dict]:
+        return [{"text": text[:60], "label": int(p.argmax()), "probability": round(float(p.max()), 4)}
+                for text, p in zip(texts, self.predict(model, texts), strict=True)]
+
     @torch.no_grad()
     def evaluate(self, model, split: str = "validation") -> dict:
         data, size = self.splits[split], self.config.eval_batch_size

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from tasks.classify import ClassifyConfig, ClassifyTask
 from tasks.engine import TrainConfig, train
+from tasks.mlm import MLMConfig, MLMTask
 
-TASKS = {"classify": (ClassifyConfig, ClassifyTask)}
+TASKS = {"classify": (ClassifyConfig, ClassifyTask), "mlm": (MLMConfig, MLMTask)}
 TINY_MODEL = dict(dim=32, num_latents=16, latent_dim=64, num_layers=1, num_heads=2)
 PRESETS = {
     "classify": {
@@ -26,6 +27,15 @@ PRESETS = {
                                                                num_layers=4, num_heads=4)),
                         train=dict(max_steps=5000, batch_size=32, lr=5e-4, warmup_steps=500,
                                    eval_every=500, save_every=500)),
+    },
+    "mlm": {
+        "tiny": dict(task=dict(seq_len=64, eval_windows=32, model=TINY_MODEL),
+                     train=dict(max_steps=20, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=10,
+                                save_every=10, log_every=5)),
+        "sotu": dict(task=dict(seq_len=128, model=dict(dim=128, num_latents=64, latent_dim=256, num_layers=4,
+                                                       num_heads=4)),
+                     train=dict(max_steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, eval_every=250,
+                                save_every=250)),
     },
 }
 

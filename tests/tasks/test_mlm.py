@@ -1,0 +1,65 @@
+"""The masked-LM job: masking, decoding only the masked positions, and the job end to end."""
+
+import json
+
+import pytest
+import torch
+
+from perceiver import PerceiverIO, tokenizer
+from perceiver.cli import main
+from tasks.mlm import MLMConfig, MLMTask, mask_positions
+
+
+def test_mask_positions_chooses_count_positions_and_corrupts_bert_style():
+    ids = torch.randint(tokenizer.OFFSET, tokenizer.VOCAB_SIZE, (400, 50))
+    inputs, positions, labels = mask_positions(ids, 8, torch.Generator().manual_seed(0))
+    assert positions.shape == labels.shape == (400, 8)
+    assert (positions.diff(dim=1) > 0).all()  # sorted, distinct
+    torch.testing.assert_close(labels, ids.gather(1, positions))
+    untouched = torch.ones_like(ids, dtype=torch.bool).scatter(1, positions, False)
+    assert torch.equal(inputs[untouched], ids[untouched])
+    at = inputs.gather(1, positions)
+    masked, kept = (at == tokenizer.MASK).float().mean(), (at == labels).float().mean()
+    assert 0.77 < masked < 0.83 and 0.08 < kept < 0.13  # 80% [MASK]; 10% kept (+ random hits)
+    with pytest.raises(ValueError, match="count: expected 1..50 positions per example, got 51"):
+        mask_positions(ids, 51)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    return path
+
+
+def test_decoding_masked_positions_only_gives_the_full_decoding_loss(corpus):
+    losses = []
+    for decode in ("masked", "all"):
+        task = MLMTask(MLMConfig(data=str(corpus), seq_len=32, decode=decode,
+                                 model=dict(dim=16, num_latents=4, latent_dim=16, num_layers=1, num_heads=2)))
+        torch.manual_seed(0)
+        model = PerceiverIO(task.model_config()).eval()
+        loss, _ = task.loss(model, task.train_batch([0, 3, 5]), torch.Generator().manual_seed(1))
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_train_evaluate_fill_mask_from_the_command_line(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "mlm", "--data", str(corpus), "--preset", "tiny", "--output-dir", str(out),
+                 "--quiet", "train.max_steps=6", "train.eval_every=3", "train.save_every=3"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)["validation"]
+    assert 0 <= metrics["masked_accuracy"] <= 1 and metrics["bits_per_byte"] > 0
+    assert metrics["unigram_bits_per_byte"] < 8  # 27 distinct bytes in the text
+    assert main(["predict", str(out), "--text", "the quick brown ___ jumps"]) == 0
+    filled = json.loads(capsys.readouterr().out)["filled"]
+    assert len(filled) == len("the quick brown ___ jumps") and "_" not in filled
+
+
+def test_bad_text_is_named(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 " * 100)
+    assert main(["train", "mlm", "--data", str(tmp_path / "bad.txt"), "--output-dir", str(tmp_path / "r"),
+                 "--quiet"]) == 2
+    assert "bad.txt is not valid UTF-8" in capsys.readouterr().err
