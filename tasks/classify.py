@@ -99,12 +99,15 @@ class ClassifyTask:
         accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
         return loss, {"accuracy": float(accuracy)}
 
+    @staticmethod
     @torch.no_grad()
+    def _logits(model, ids, mask) -> torch.Tensor:
+        device = next(model.parameters()).device
+        return model(ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+
     def predict(self, model, texts: list[str]) -> torch.Tensor:
         """Class probabilities ``[len(texts), num_classes]``."""
-        device = next(model.parameters()).device
-        ids, mask = self.encode(texts)
-        return model(ids.to(device), attention_mask=mask.to(device)).logits.float().softmax(-1).cpu()
+        return self._logits(model, *self.encode(texts)).softmax(-1)
 
     def predictions(self, model, texts: list[str]) -> list[dict]:
         return [{"text": text[:60], "label": int(p.argmax()), "probability": round(float(p.max()), 4)}
@@ -117,17 +120,12 @@ class ClassifyTask:
         losses = []
         for start in range(0, len(data), size):
             batch = self._batch(data[start:start + size])
-            probs = self.predict_batch(model, batch)
-            losses.append(F.nll_loss(probs.clamp_min(1e-12).log(), batch["labels"], reduction="sum"))
-            matrix += confusion(probs.argmax(-1), batch["labels"], self.num_classes)
+            logits = self._logits(model, batch["inputs"], batch["attention_mask"])
+            losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            matrix += confusion(logits.argmax(-1), batch["labels"], self.num_classes)
         total = int(matrix.sum())
         return {"accuracy": float(matrix.trace()) / max(1, total), "loss": float(sum(losses)) / max(1, total),
                 "confusion": matrix.tolist()}
-
-    def predict_batch(self, model, batch) -> torch.Tensor:
-        device = next(model.parameters()).device
-        logits = model(batch["inputs"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        return logits.float().softmax(-1).cpu()
 
 
 def confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

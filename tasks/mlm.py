@@ -17,16 +17,20 @@ from perceiver import presets, tokenizer
 IGNORE = -100
 
 
-def mask_bytes(ids: Tensor, generator: torch.Generator, prob: float = 0.15) -> tuple[Tensor, Tensor]:
-    """Choose ``prob`` of the non-pad positions; of those 80% become ``[MASK]``, 10% a random byte,
-    10% stay. Returns ``(masked_ids, labels)`` with ``labels = IGNORE`` where nothing is predicted."""
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & (ids != tokenizer.PAD)
-    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+def corrupt(ids: Tensor, generator=None) -> Tensor:
+    """BERT-style corruption of every id: 80% ``[MASK]``, 10% a random byte, 10% unchanged."""
     roll = torch.rand(ids.shape, generator=generator)
     random_bytes = torch.randint(tokenizer.OFFSET, tokenizer.VOCAB_SIZE, ids.shape, generator=generator)
-    masked = torch.where(chosen & (roll < 0.8), torch.full_like(ids, tokenizer.MASK), ids)
-    masked = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_bytes, masked)
-    return masked, labels
+    kept_or_random = torch.where(roll < 0.9, random_bytes, ids)
+    return torch.where(roll < 0.8, torch.full_like(ids, tokenizer.MASK), kept_or_random)
+
+
+def mask_bytes(ids: Tensor, generator: torch.Generator, prob: float = 0.15) -> tuple[Tensor, Tensor]:
+    """Choose ``prob`` of the non-pad positions and :func:`corrupt` them. Returns
+    ``(masked_ids, labels)`` with ``labels = IGNORE`` where nothing is predicted."""
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & (ids != tokenizer.PAD)
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+    return torch.where(chosen, corrupt(ids, generator), ids), labels
 
 
 def fill_mask(model, text: str, mask: str = "_") -> str:
@@ -40,19 +44,15 @@ def fill_mask(model, text: str, mask: str = "_") -> str:
 
 
 def mask_positions(ids: Tensor, count: int, generator=None) -> tuple[Tensor, Tensor, Tensor]:
-    """Choose ``count`` positions per example (uniformly, sorted) and corrupt them BERT-style (80%
-    ``[MASK]``, 10% a random byte, 10% unchanged). Returns ``(inputs, positions [B, count],
-    labels [B, count])``; the decoder needs queries at ``positions`` only."""
+    """Choose ``count`` positions per example (uniformly, sorted) and :func:`corrupt` them. Returns
+    ``(inputs, positions [B, count], labels [B, count])``; the decoder needs queries at
+    ``positions`` only."""
     if not 0 < count <= ids.shape[1]:
         raise ValueError(f"count: expected 1..{ids.shape[1]} positions per example, got {count}")
     scores = torch.rand(ids.shape, generator=generator)
     positions = scores.argsort(dim=1)[:, :count].sort(dim=1).values
     labels = ids.gather(1, positions)
-    roll = torch.rand(labels.shape, generator=generator)
-    random_bytes = torch.randint(tokenizer.OFFSET, tokenizer.VOCAB_SIZE, labels.shape, generator=generator)
-    corrupted = torch.where(roll < 0.8, torch.full_like(labels, tokenizer.MASK),
-                            torch.where(roll < 0.9, random_bytes, labels))
-    return ids.scatter(1, positions, corrupted), positions, labels
+    return ids.scatter(1, positions, corrupt(labels, generator)), positions, labels
 
 
 @dataclass
@@ -122,8 +122,10 @@ class MLMTask:
     def num_train_examples(self) -> int:
         return len(self.splits["train"]) // self.config.seq_len
 
-    def train_batch(self, indices):
-        return {"ids": self.windows("train", indices)}
+    def train_batch(self, indices, generator=None, split: str = "train"):
+        """Windows masked on the data side (CPU): ``inputs``, ``positions`` and ``labels``."""
+        inputs, positions, labels = mask_positions(self.windows(split, indices), self.count, generator)
+        return {"inputs": inputs, "positions": positions, "labels": labels}
 
     def _logits(self, model, inputs, positions):
         if self.config.decode == "masked":
@@ -131,10 +133,8 @@ class MLMTask:
         logits = model(inputs).logits
         return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
 
-    def loss(self, model, batch, generator=None):
-        inputs, positions, labels = mask_positions(batch["ids"], self.count, generator)
-        logits = self._logits(model, inputs.to(batch["ids"].device), positions.to(batch["ids"].device))
-        labels = labels.to(logits.device)
+    def loss(self, model, batch):
+        logits, labels = self._logits(model, batch["inputs"], batch["positions"]), batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return loss, {"masked_accuracy": float(accuracy)}
@@ -149,9 +149,10 @@ class MLMTask:
         indices = list(range(min(self.config.eval_windows, available)))
         nats, correct, baseline, total = 0.0, 0, 0.0, 0
         for start in range(0, len(indices), self.config.eval_batch_size):
-            ids = self.windows(split, indices[start:start + self.config.eval_batch_size])
-            inputs, positions, labels = mask_positions(ids, self.count, generator)
-            logits = self._logits(model, inputs.to(device), positions.to(device)).float().cpu()
+            batch = self.train_batch(indices[start:start + self.config.eval_batch_size], generator, split)
+            labels = batch["labels"]
+            logits = self._logits(model, batch["inputs"].to(device), batch["positions"].to(device))
+            logits = logits.float().cpu()
             nats += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
             baseline += float(self.unigram_bits[labels].sum())

@@ -47,8 +47,9 @@ def _parse(value: str):
         return value
 
 
-def apply_overrides(settings: dict, overrides: list[str]) -> dict:
-    """``["train.lr=3e-4", "model.dim=64"]`` applied to ``{"task": {...}, "train": {...}}``."""
+def apply_overrides(settings: dict, overrides: list[str], task_fields: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.dim=64"]`` applied to ``{"task": {...}, "train": {...}}``;
+    ``task_fields`` are the job config's field names."""
     settings = json.loads(json.dumps(settings))
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -58,7 +59,7 @@ def apply_overrides(settings: dict, overrides: list[str]) -> dict:
         if section == "model":
             settings["task"].setdefault("model", {})[name] = _parse(value)
             continue
-        fields = {"task": settings["_task_fields"],
+        fields = {"task": task_fields,
                   "train": [f.name for f in dataclasses.fields(TrainConfig)]}
         if section not in fields or name not in fields[section]:
             raise ValueError(f"override: unknown key {key!r}; expected task.<{'|'.join(fields['task'])}>, "
@@ -74,8 +75,7 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
     if preset not in PRESETS[task]:
         raise ValueError(f"--preset: expected one of {sorted(PRESETS[task])} for {task}, got {preset!r}")
     base = PRESETS[task][preset]
-    settings = {"task": dict(base["task"], data=data), "train": dict(base["train"]),
-                "_task_fields": [f.name for f in dataclasses.fields(TASKS[task][0])]}
+    settings = {"task": dict(base["task"], data=data), "train": dict(base["train"])}
     if config_file is not None:
         loaded = json.loads(Path(config_file).read_text())
         unknown = sorted(set(loaded) - {"task", "train"})
@@ -83,12 +83,12 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
             raise ValueError(f"--config: unknown sections {unknown} in {config_file}; expected task, train")
         from_file = [f"{s}.{k}={json.dumps(v)}" for s in loaded for k, v in loaded[s].items()]
         overrides = from_file + list(overrides)
-    settings = apply_overrides(settings, list(overrides))
+    task_fields = [f.name for f in dataclasses.fields(TASKS[task][0])]
+    settings = apply_overrides(settings, list(overrides), task_fields)
     if seed is not None:
         settings["train"]["seed"] = seed
     if max_steps is not None:
         settings["train"]["max_steps"] = max_steps
-    del settings["_task_fields"]
     return settings | {"job": task, "preset": preset}
 
 

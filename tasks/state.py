@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file
 
 OPTIMIZER_NAME, TRAINER_NAME = "optimizer.safetensors", "trainer.json"
 
@@ -66,8 +66,6 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 def load_checkpoint(directory: str | os.PathLike, model, optimizer) -> dict:
     """Restore model weights, optimizer state and RNG states; return the trainer dict."""
-    from safetensors.torch import load_model
-
     found = find_checkpoint(directory)
     if found is None:
         raise ValueError(f"resume: expected a checkpoint in {str(directory)!r}, found none")

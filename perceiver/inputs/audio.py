@@ -9,7 +9,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver.config import register
-from perceiver.inputs.base import check_size, check_tensor
+from perceiver.inputs.base import check_size, check_tensor, concat_positions
 from perceiver.positions import FourierPositions
 
 
@@ -49,8 +49,7 @@ class AudioPatchAdapter(nn.Module):
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
         x = _check_audio(inputs, self.config.num_samples)
         x = rearrange(x, "b (m p) -> b m p", p=self.config.samples_per_patch)
-        positions = self.positions().to(x.dtype).expand(x.shape[0], -1, -1)
-        return torch.cat([x, positions], dim=-1), attention_mask
+        return concat_positions(x, self.positions()), attention_mask
 
 
 @register("audio_log_mel")
@@ -84,5 +83,4 @@ class LogMelAdapter(nn.Module):
         x = _check_audio(inputs, self.config.num_samples)
         mel = torch.log(self.melspec(x.float()) + 1e-6).to(x.dtype)  # [B, n_mels, frames]
         x = rearrange(mel, "b f t -> b t f")
-        positions = self.positions().to(x.dtype).expand(x.shape[0], -1, -1)
-        return torch.cat([x, positions], dim=-1), attention_mask
+        return concat_positions(x, self.positions()), attention_mask

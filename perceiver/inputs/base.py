@@ -25,6 +25,11 @@ def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool |
         raise ValueError(f"{name}: expected an integer tensor, got {value.dtype}")
 
 
+def concat_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """``x [B, M, C]`` with positions ``[M, P]`` appended to every example -> ``[B, M, C + P]``."""
+    return torch.cat([x, positions.to(x.dtype).expand(x.shape[0], -1, -1)], dim=-1)
+
+
 def check_size(name: str, actual, expected, what: str) -> None:
     if tuple(actual) != tuple(expected):
         raise ValueError(f"{name}: expected {what} {list(expected)}, got {list(actual)}")

@@ -8,24 +8,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver.config import register
-from perceiver.inputs.base import check_size, check_tensor
+from perceiver.inputs.base import check_size, check_tensor, concat_positions
 from perceiver.positions import FourierPositions, LearnedPositions
 
 
 def _check_image(inputs: Tensor, channels: int, image_shape) -> None:
     check_tensor("inputs", inputs, 4, floating=True)
     check_size("inputs", inputs.shape[1:], (channels, *image_shape), "shape [B, C, H, W] ending in")
-
-
-def _concat_positions(x: Tensor, positions: Tensor) -> Tensor:
-    """``x [B, M, C]`` with positions ``[M, P]`` appended -> ``[B, M, C + P]``."""
-    return torch.cat([x, positions.to(x.dtype).expand(x.shape[0], -1, -1)], dim=-1)
 
 
 @register("image_fourier")
@@ -49,7 +43,7 @@ class ImageFourierAdapter(nn.Module):
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
         _check_image(inputs, self.config.in_channels, self.config.image_shape)
         x = rearrange(inputs, "b c h w -> b (h w) c")
-        return _concat_positions(x, self.positions()), attention_mask
+        return concat_positions(x, self.positions()), attention_mask
 
 
 @register("image_patches")
@@ -81,7 +75,7 @@ class ImagePatchAdapter(nn.Module):
         _check_image(inputs, self.config.in_channels, self.config.image_shape)
         p = self.config.patch_size
         x = rearrange(inputs, "b c (h dh) (w dw) -> b (h w) (dh dw c)", dh=p, dw=p)
-        return _concat_positions(x, self.positions()), attention_mask
+        return concat_positions(x, self.positions()), attention_mask
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -140,7 +134,7 @@ class ConvStemAdapter(nn.Module):
             (h, w) = x.shape[-2:]
             x = F.pad(x, [*same_padding(w, 3, 2), *same_padding(h, 3, 2)], value=float("-inf"))
         x = rearrange(F.max_pool2d(x, 3, stride=2), "b c h w -> b (h w) c")
-        return _concat_positions(x, self.positions()), attention_mask
+        return concat_positions(x, self.positions()), attention_mask
 
 
 @register("image_conv1x1")
@@ -171,4 +165,4 @@ class Conv1x1Adapter(nn.Module):
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
         _check_image(inputs, self.config.in_channels, self.config.image_shape)
         x = rearrange(self.conv(inputs), "b c h w -> b (h w) c")
-        return _concat_positions(x, self.position_projection(self.positions())), attention_mask
+        return concat_positions(x, self.position_projection(self.positions())), attention_mask

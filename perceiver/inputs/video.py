@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver.config import register
-from perceiver.inputs.base import check_size, check_tensor
+from perceiver.inputs.base import check_size, check_tensor, concat_positions
 from perceiver.positions import FourierPositions
 
 
@@ -69,5 +68,4 @@ class VideoPatchAdapter(nn.Module):
                       dt=self.config.temporal_patch, dh=p, dw=p)
         if self.projection is not None:
             x = self.projection(x)
-        positions = self.positions().to(x.dtype).expand(x.shape[0], -1, -1)
-        return torch.cat([x, positions], dim=-1), attention_mask
+        return concat_positions(x, self.positions()), attention_mask

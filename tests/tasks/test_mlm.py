@@ -39,7 +39,7 @@ def test_decoding_masked_positions_only_gives_the_full_decoding_loss(corpus):
                                  model=dict(dim=16, num_latents=4, latent_dim=16, num_layers=1, num_heads=2)))
         torch.manual_seed(0)
         model = PerceiverIO(task.model_config()).eval()
-        loss, _ = task.loss(model, task.train_batch([0, 3, 5]), torch.Generator().manual_seed(1))
+        loss, _ = task.loss(model, task.train_batch([0, 3, 5], torch.Generator().manual_seed(1)))
         losses.append(loss)
     torch.testing.assert_close(losses[0], losses[1])
 
