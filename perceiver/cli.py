@@ -3,9 +3,9 @@
     perceiver convert SRC DST   # a transformers Perceiver checkpoint -> this package's format
     perceiver export SRC DST    # this package's model -> a transformers checkpoint directory
     perceiver info DIR          # the model class, config and parameter count of a saved model
-    perceiver train TASK ...    # train a job (classify, mlm) into an output directory
+    perceiver train TASK ...    # train a job (classify, mlm, autoencode) into an output directory
     perceiver evaluate DIR      # its metrics as one JSON object
-    perceiver predict DIR ...   # classify a text or a file, fill masked bytes
+    perceiver predict DIR ...   # classify a text or a file, fill masked bytes, reconstruct a sample
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ TRAIN_EPILOG = """examples:
   perceiver train classify --data listops --preset tiny --output-dir runs/tiny --resume --max-steps 40
   perceiver train mlm --data sotu --preset sotu --output-dir runs/mlm
   perceiver predict runs/mlm --text "The Congress of the United ______ shall have power."
+  perceiver train autoencode --data av-digits --preset av-digits --output-dir runs/av
+  perceiver predict runs/av --sample ~/.cache/perceiver/av-digits-seed0/test/3/00012 --out recon/
 """
 
 
@@ -79,6 +81,14 @@ def predict(args) -> None:
     from perceiver import from_pretrained
     from tasks.recipes import build, load_run
 
+    task, _ = build(load_run(args.dir))
+    model = from_pretrained(f"{args.dir}/best")
+    if hasattr(task, "predict_files"):  # autoencode: image + audio pairs
+        if not args.sample:
+            raise ValueError("predict: expected --sample STEM (reads STEM.png and STEM.wav)")
+        for prediction in task.predict_files(model, args.sample, args.out or f"{args.dir}/predictions"):
+            print(json.dumps(prediction))
+        return
     texts = list(args.text or [])
     for path in args.file or []:
         try:
@@ -87,8 +97,7 @@ def predict(args) -> None:
             raise ValueError(f"--file: cannot read {path!r} as UTF-8 text: {error}") from error
     if not texts:
         raise ValueError("predict: expected --text or --file")
-    task, _ = build(load_run(args.dir))
-    for prediction in task.predictions(from_pretrained(f"{args.dir}/best"), texts):
+    for prediction in task.predictions(model, texts):
         print(json.dumps(prediction))
 
 
@@ -118,12 +127,15 @@ def main(argv=None) -> int:
                             description="Train a job into DIR: the latest model (perceiver."
                                         "from_pretrained(DIR)), checkpoint/ for --resume, best/, "
                                         "metrics.csv and run.json.")
-    p.add_argument("task", choices=["classify", "mlm"], help="the job")
+    p.add_argument("task", choices=["classify", "mlm", "autoencode"], help="the job")
     p.add_argument("--data", required=True, help="classify: listops, a datasets directory or a hub name "
-                                                 "(online); mlm: sotu, a text file or a directory of .txt")
+                                                 "(online); mlm: sotu, a text file or a directory of .txt; "
+                                                 "autoencode: av-digits or a folder DIR/{train,validation,"
+                                                 "test}/{class}/NAME.png + NAME.wav")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--preset", default="tiny",
-                   help="named settings (classify: tiny, listops; mlm: tiny, sotu)")
+                   help="named settings (classify: tiny, listops; mlm: tiny, sotu; autoencode: tiny, "
+                        "av-digits)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
     p.add_argument("--seed", type=int)
@@ -135,10 +147,13 @@ def main(argv=None) -> int:
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--model", choices=["best", "latest"], default="best")
     p.set_defaults(run=evaluate)
-    p = commands.add_parser("predict", help="apply a trained job: classify texts or files, fill '_' bytes")
+    p = commands.add_parser("predict", help="apply a trained job: classify texts or files, fill '_' bytes, "
+                                            "reconstruct image + audio samples")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")
+    p.add_argument("--sample", action="append", help="autoencode: STEM of STEM.png + STEM.wav (repeatable)")
+    p.add_argument("--out", help="autoencode: folder for the reconstructions (default DIR/predictions)")
     p.set_defaults(run=predict)
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("dir", help="directory written by save_pretrained")

@@ -90,7 +90,7 @@ class ClassifyTask:
                              f"got [{int(labels.min())}, {int(labels.max())}]")
         return {"inputs": ids, "attention_mask": mask, "labels": labels}
 
-    def train_batch(self, indices):
+    def train_batch(self, indices, generator=None):
         return self._batch(self.splits["train"][indices])
 
     def loss(self, model, batch):

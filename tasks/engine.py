@@ -3,7 +3,7 @@
 A job is a ``Task``: it builds the model config, turns example indices into a batch, computes the
 loss of a batch and evaluates a split. The engine does the rest: AdamW with linear warm-up and
 cosine decay, gradient accumulation and clipping, bf16 autocast, activation checkpointing and
-torch.compile switches, a progress bar, metrics in ``metrics.csv``, checkpoints every
+torch.compile switches, a progress bar, metrics, checkpoints every
 ``save_every`` steps and at the end, the best model by the task's validation metric, and exact
 resumption.
 
@@ -13,17 +13,21 @@ Output directory::
     DIR/run.json                         what was run (task, data, preset, settings)
     DIR/checkpoint/                      model + optimizer + RNG + step, for --resume
     DIR/best/                            the best model by validation metric, with metrics.json
-    DIR/metrics.csv                      step, split, metric, value
+    DIR/metrics.csv, tensorboard/        step, split, metric, value (tasks.metrics_log)
+    DIR/curves.png                       training curves, redrawn at every evaluation
+    DIR/samples/                         the job's example outputs, if it writes any (write_samples)
+
+Batches are assembled by ``num_workers`` worker processes while the model trains.
 
 Data order is a pure function of the seed and the step (a fresh permutation per epoch), the
 learning rate a pure function of the step, and the RNG states are checkpointed, so a run stopped
-at step k and resumed ends with the same weights as an uninterrupted run (on CPU).
+at step k and resumed ends with the same weights as an uninterrupted run (on CPU). A batch's
+random draws (masks, query subsets) come from a generator seeded by its micro-step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import time
@@ -33,6 +37,7 @@ from typing import Protocol
 
 import torch
 
+from tasks.metrics_log import MetricsLog
 from tasks.state import find_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -54,6 +59,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
+    num_workers: int = 1  # processes assembling training batches (0: in the training process)
 
 
 class Task(Protocol):
@@ -62,7 +68,7 @@ class Task(Protocol):
 
     def model_config(self): ...
     def num_train_examples(self) -> int: ...
-    def train_batch(self, indices: list[int]): ...
+    def train_batch(self, indices: list[int], generator: torch.Generator): ...  # seeded per micro-batch
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model, split: str = "validation") -> dict[str, float]: ...
     def predictions(self, model, texts: list[str]) -> list[dict]: ...  # for perceiver predict
@@ -90,32 +96,31 @@ def batch_indices(micro_step: int, num_examples: int, batch_size: int, seed: int
     return order[position * batch_size:(position + 1) * batch_size].tolist()
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch ``i`` of a run from ``start``: its examples and its random draws (masks, query
+    subsets) are pure functions of the seed and the micro-step, so workers may build them in any
+    order and a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, task: Task, config: TrainConfig, start: int, stop: int):
+        self.task, self.config, self.start, self.stop = task, config, start, stop
+        self.num_examples = task.num_train_examples()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        micro = self.start + i
+        indices = batch_indices(micro, self.num_examples, self.config.batch_size, self.config.seed)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + micro)
+        return self.task.train_batch(indices, generator)
+
+
 def to_device(batch, device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-class MetricsLog:
-    """``metrics.csv`` in long form; on resume, rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, keep_until: int | None):
-        self.path = path
-        rows = []
-        if keep_until is not None and path.exists():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, ["step", "split", "metric", "value"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerows([step, split, k, f"{v:.6g}"] for k, v in metrics.items()
-                                    if isinstance(v, (int, float)))
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -147,11 +152,13 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
                              "found none")
         trainer = load_checkpoint(output_dir / "checkpoint", model, optimizer)
         start, best = trainer["step"], trainer["best"]
-    (output_dir / "run.json").write_text(json.dumps((run_info or {}) | {"train": asdict(config)},
-                                                    indent=2) + "\n")
-    log = MetricsLog(output_dir / "metrics.csv", keep_until=start if resume else None)
+    if task.num_train_examples() < config.batch_size:
+        raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training examples, "
+                         f"got {config.batch_size}")
+    info = (run_info or {}) | {"train": asdict(config), "skipped_records": getattr(task, "skipped", 0)}
+    (output_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    log = MetricsLog(output_dir, keep_until=start if resume else None)
     forward = torch.compile(model) if config.compile else model
-    n = task.num_train_examples()
 
     def checkpoint(step):
         model.save_pretrained(output_dir)
@@ -164,6 +171,7 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
             metrics = task.evaluate(model, "validation")
             model.train()
         log.write(step, "validation", metrics)
+        log.plot()
         value = metrics[task.best_metric]
         if best["value"] is None or value > best["value"]:
             best.update(value=value, step=step)
@@ -174,20 +182,23 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
     model.train()
     bar = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, disable=not progress,
                desc="train")
+    batches = iter(torch.utils.data.DataLoader(
+        MicroBatches(task, config, start * config.accumulate, config.max_steps * config.accumulate),
+        batch_size=None, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed)))  # leaves the global RNG (dropout) alone
     seen, began, metrics = 0, time.perf_counter(), {}
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         totals = {}
-        for micro in range(config.accumulate):
-            indices = batch_indices(step * config.accumulate + micro, n, config.batch_size, config.seed)
-            batch = to_device(task.train_batch(indices), device)
+        for _ in range(config.accumulate):
+            batch = to_device(next(batches), device)
             with _autocast(config, device):
                 loss, parts = task.loss(forward, batch)
             (loss / config.accumulate).backward()
             for k, v in ({"loss": loss.item()} | parts).items():
                 totals[k] = totals.get(k, 0.0) + v / config.accumulate
-            seen += len(indices)
+            seen += config.batch_size
         if config.grad_clip:
             totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
         if not math.isfinite(totals["loss"]):
@@ -204,7 +215,10 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
             metrics = evaluate(done)
         if done % config.save_every == 0 or done == config.max_steps:
             checkpoint(done)
+    log.close()
+    model.eval()
     if start >= config.max_steps:  # nothing left to train: still report the metrics
-        model.eval()
         metrics = task.evaluate(model, "validation")
+    if hasattr(task, "write_samples"):
+        task.write_samples(model, output_dir / "samples")
     return metrics

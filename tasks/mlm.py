@@ -43,14 +43,30 @@ def fill_mask(model, text: str, mask: str = "_") -> str:
     return tokenizer.decode(torch.where(where, predicted[0], ids[0]))
 
 
-def mask_positions(ids: Tensor, count: int, generator=None) -> tuple[Tensor, Tensor, Tensor]:
-    """Choose ``count`` positions per example (uniformly, sorted) and :func:`corrupt` them. Returns
-    ``(inputs, positions [B, count], labels [B, count])``; the decoder needs queries at
-    ``positions`` only."""
+WHITESPACE = torch.tensor([tokenizer.encode(c)[0] for c in " \t\n\r"])
+
+
+def word_units(ids: Tensor) -> Tensor:
+    """Unit index of every position ``[B, L]``: a word (a run of non-whitespace bytes) is one
+    unit, each whitespace byte another."""
+    space = torch.isin(ids, WHITESPACE)
+    starts = space | torch.roll(space, 1, dims=1)
+    starts[:, 0] = True
+    return starts.long().cumsum(1) - 1
+
+
+def mask_positions(ids: Tensor, count: int, generator=None, whole_words: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Choose ``count`` positions per example (sorted) and :func:`corrupt` them: uniformly, or with
+    ``whole_words`` whole words in random order (only the last one chosen may be cut, so that the
+    count is exact). Returns ``(inputs, positions [B, count], labels [B, count])``; the decoder
+    needs queries at ``positions`` only."""
     if not 0 < count <= ids.shape[1]:
         raise ValueError(f"count: expected 1..{ids.shape[1]} positions per example, got {count}")
     scores = torch.rand(ids.shape, generator=generator)
-    positions = scores.argsort(dim=1)[:, :count].sort(dim=1).values
+    if whole_words:  # every byte of a word gets the word's score; a stable sort keeps them in order
+        scores = scores.gather(1, word_units(ids)) + torch.isin(ids, WHITESPACE)  # whitespace last
+    positions = scores.argsort(dim=1, stable=True)[:, :count].sort(dim=1).values
     labels = ids.gather(1, positions)
     return ids.scatter(1, positions, corrupt(labels, generator)), positions, labels
 
@@ -61,6 +77,7 @@ class MLMConfig:
     held_out: int = 10  # sotu: the most recent speeches; files: the last 1/held_out of the bytes
     seq_len: int = 128
     mask_prob: float = 0.15
+    masking: str = "bytes"  # "bytes": uniform positions; "words": whole words (SpanBERT-style spans)
     decode: str = "masked"  # "masked": queries at the masked positions only; "all": every position
     model: dict = field(default_factory=dict)  # presets.byte_mlm arguments
     eval_windows: int = 256
@@ -102,6 +119,8 @@ class MLMTask:
     def __init__(self, config: MLMConfig):
         if config.decode not in ("masked", "all"):
             raise ValueError(f"decode: expected 'masked' or 'all', got {config.decode!r}")
+        if config.masking not in ("bytes", "words"):
+            raise ValueError(f"masking: expected 'bytes' or 'words', got {config.masking!r}")
         self.config = config
         self.splits = load_corpus(config)
         for name, corpus in self.splits.items():
@@ -124,7 +143,8 @@ class MLMTask:
 
     def train_batch(self, indices, generator=None, split: str = "train"):
         """Windows masked on the data side (CPU): ``inputs``, ``positions`` and ``labels``."""
-        inputs, positions, labels = mask_positions(self.windows(split, indices), self.count, generator)
+        inputs, positions, labels = mask_positions(self.windows(split, indices), self.count, generator,
+                                                   whole_words=self.config.masking == "words")
         return {"inputs": inputs, "positions": positions, "labels": labels}
 
     def _logits(self, model, inputs, positions):

@@ -11,11 +11,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tasks.autoencode import AutoencodeConfig, AutoencodeTask
 from tasks.classify import ClassifyConfig, ClassifyTask
 from tasks.engine import TrainConfig, train
 from tasks.mlm import MLMConfig, MLMTask
 
-TASKS = {"classify": (ClassifyConfig, ClassifyTask), "mlm": (MLMConfig, MLMTask)}
+TASKS = {"classify": (ClassifyConfig, ClassifyTask), "mlm": (MLMConfig, MLMTask),
+         "autoencode": (AutoencodeConfig, AutoencodeTask)}
 TINY_MODEL = dict(dim=32, num_latents=16, latent_dim=64, num_layers=1, num_heads=2)
 PRESETS = {
     "classify": {
@@ -36,6 +38,15 @@ PRESETS = {
                                                        num_heads=4)),
                      train=dict(max_steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, eval_every=250,
                                 save_every=250)),
+    },
+    "autoencode": {
+        "tiny": dict(task=dict(model=dict(num_bands=4, query_bands=4, num_latents=16, latent_dim=32,
+                                          num_layers=1)),
+                     train=dict(max_steps=20, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=10,
+                                save_every=10, log_every=5)),
+        "av-digits": dict(task=dict(),
+                          train=dict(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
+                                     save_every=250)),
     },
 }
 

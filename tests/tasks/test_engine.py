@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 
@@ -32,14 +33,15 @@ class CountTask:
     def num_train_examples(self):
         return 64
 
-    def train_batch(self, indices):
+    def train_batch(self, indices, generator):
+        noise = torch.rand(len(indices), generator=generator)  # the per-batch generator's draws
+        return {"inputs": self.ids[indices], "labels": self.labels[indices], "noise": noise}
+
+    def loss(self, model, batch):
         self.calls += 1
         if self.calls == self.crash_at:
             raise KeyboardInterrupt("simulated crash")
-        return {"inputs": self.ids[indices], "labels": self.labels[indices]}
-
-    def loss(self, model, batch):
-        logits = model(batch["inputs"]).logits
+        logits = model(batch["inputs"]).logits + batch["noise"][:, None] * 1e-3
         loss = F.cross_entropy(logits, batch["labels"])
         if self.calls == self.nan_at:
             loss = loss * float("nan")
@@ -52,7 +54,7 @@ class CountTask:
 
 
 CONFIG = TrainConfig(max_steps=12, batch_size=8, accumulate=2, lr=3e-3, warmup_steps=3, eval_every=3,
-                     save_every=4, log_every=1)
+                     save_every=4, log_every=1, num_workers=0)
 
 
 def test_learning_rate_schedule():
@@ -88,6 +90,29 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path):
     assert _losses(tmp_path / "straight/metrics.csv") == _losses(tmp_path / "resumed/metrics.csv")
     optimizer = load_file(tmp_path / "resumed/checkpoint/optimizer.safetensors")
     assert any(k.endswith("exp_avg_sq") for k in optimizer) and "rng.cpu" in optimizer
+
+
+def test_batches_built_in_worker_processes_give_the_same_run(tmp_path):
+    train(CountTask(), CONFIG, tmp_path / "inline", progress=False)
+    train(CountTask(), dataclasses.replace(CONFIG, num_workers=2), tmp_path / "workers", progress=False)
+    inline, workers = (load_file(tmp_path / f"{d}/model.safetensors") for d in ("inline", "workers"))
+    assert all(torch.equal(inline[k], workers[k]) for k in inline)
+
+
+def test_metrics_go_to_csv_tensorboard_and_a_curves_png(tmp_path):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(CountTask(), CONFIG, tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "validation"]
+    logged = [(e.step, e.value) for e in events.Scalars("accuracy/validation")]
+    assert [int(r["step"]) for r in rows] == [s for s, _ in logged] == [3, 6, 9, 12]
+    assert [float(r["value"]) for r in rows] == pytest.approx([v for _, v in logged], rel=1e-5)
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.width > 300 and image.height > 200
 
 
 def test_best_model_is_kept(tmp_path):

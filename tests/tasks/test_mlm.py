@@ -1,6 +1,7 @@
 """The masked-LM job: masking, decoding only the masked positions, and the job end to end."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -23,6 +24,23 @@ def test_mask_positions_chooses_count_positions_and_corrupts_bert_style():
     assert 0.77 < masked < 0.83 and 0.08 < kept < 0.13  # 80% [MASK]; 10% kept (+ random hits)
     with pytest.raises(ValueError, match="count: expected 1..50 positions per example, got 51"):
         mask_positions(ids, 51)
+
+
+def test_whole_word_masking_takes_whole_words_with_an_exact_count():
+    texts = ["the quick brown fox jumps over the lazy dog, again and again", "a  bb\tccc\ndddd eeeee ffffff gg hhh"]
+    ids = torch.tensor([tokenizer.encode(t[:32]) for t in texts])
+    for seed in range(20):
+        _, positions, labels = mask_positions(ids, 9, torch.Generator().manual_seed(seed), whole_words=True)
+        torch.testing.assert_close(labels, ids.gather(1, positions))
+        for row, text in enumerate(texts):
+            chosen = set(positions[row].tolist())
+            assert len(chosen) == 9 and not any(text[i].isspace() for i in chosen)
+            words = [range(m.start(), m.end()) for m in re.finditer(r"\S+", text[:32])]
+            partial = [w for w in words if 0 < len(chosen.intersection(w)) < len(w)]
+            assert len(partial) <= 1  # only the last word chosen may be cut
+            for word in partial:  # and it is cut at its end: its first bytes are taken
+                taken = sorted(chosen.intersection(word))
+                assert taken == list(word)[:len(taken)]
 
 
 @pytest.fixture

@@ -1,0 +1,277 @@
+"""The multimodal autoencoding job: image + audio + label in one input array, reconstructed by
+one decoder through per-modality output queries (``presets.multimodal_autoencoder``).
+
+Data is an audio-visual folder (``DIR/{split}/{class}/{name}.png`` + ``{name}.wav``), either
+``av-digits`` (built once into ``$PERCEIVER_CACHE``, see ``tasks.av_digits``) or a local path;
+files are decoded by ``num_workers`` processes into Arrow tables.
+
+Training decodes a random ``query_fraction`` of the image and audio queries of each example, as
+the paper trains on subsampled outputs, and masks each example's label with probability
+``label_mask_prob``. Evaluation decodes everything with every label masked, so label accuracy
+measures what the model infers from image and audio. Metrics: PSNR of image (pixels in [0, 1])
+and audio (full scale 1), each beside the PSNR of the training set's mean image / mean waveform,
+and label accuracy.
+"""
+
+from __future__ import annotations
+
+import sys
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from perceiver import presets
+from tasks.av_digits import write_wav
+from tasks.classify import cache_dir
+
+
+@dataclass
+class AutoencodeConfig:
+    data: str = "av-digits"
+    image_shape: tuple[int, int] = (28, 28)
+    sample_rate: int = 8000
+    num_samples: int = 4096  # shorter clips are zero-padded, longer ones refused
+    query_fraction: float = 0.5  # share of image and audio queries decoded per training example
+    label_mask_prob: float = 0.5  # training: chance that an example's label is masked
+    label_weight: float = 1.0  # weight of the label's cross-entropy beside the two MSEs
+    skip_bad: bool = False  # drop unreadable records (and report how many) instead of failing
+    num_workers: int = 2  # processes decoding PNG/WAV files
+    model: dict = field(default_factory=dict)  # presets.multimodal_autoencoder arguments
+    eval_batch_size: int = 100
+
+
+def read_png(path, shape) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable image ({error})") from error
+    if pixels.shape != tuple(shape):
+        raise ValueError(f"{path}: expected an image of {shape[0]}x{shape[1]} pixels, got "
+                         f"{pixels.shape[0]}x{pixels.shape[1]}")
+    return pixels
+
+
+def read_wav(path, sample_rate: int, num_samples: int) -> np.ndarray:
+    """16-bit mono PCM, zero-padded at the end to ``num_samples``."""
+    try:
+        with wave.open(str(path), "rb") as f:
+            channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
+            frames = f.readframes(f.getnframes())
+    except (OSError, EOFError, wave.Error) as error:
+        raise ValueError(f"{path}: unreadable WAV ({error})") from error
+    if (channels, width, rate) != (1, 2, sample_rate):
+        raise ValueError(f"{path}: expected 16-bit mono audio at {sample_rate} Hz, got {8 * width}-bit, "
+                         f"{channels} channel(s) at {rate} Hz")
+    samples = np.frombuffer(frames[:len(frames) // 2 * 2], "<i2")
+    if len(samples) == 0 or len(samples) > num_samples:
+        raise ValueError(f"{path}: expected 1 to {num_samples} samples, got {len(samples)}")
+    return np.pad(samples, (0, num_samples - len(samples)))
+
+
+def _decode(rows, shape, sample_rate, num_samples):
+    out = {"image": [], "audio": [], "error": []}
+    for stem in rows["stem"]:
+        try:
+            image, audio, error = read_png(stem + ".png", shape), read_wav(stem + ".wav", sample_rate,
+                                                                            num_samples), ""
+        except ValueError as failure:
+            image, audio, error = np.zeros(shape, np.uint8), np.zeros(num_samples, np.int16), str(failure)
+        out["image"].append(image)
+        out["audio"].append(audio)
+        out["error"].append(error)
+    return out
+
+
+def load_folder(root, config: AutoencodeConfig):
+    """``(DatasetDict of image uint8 [H, W], audio int16 [N], label, stem; class names; skipped)``."""
+    import datasets
+
+    root = Path(root)
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
+    if not classes:
+        raise ValueError(f"data: expected class folders in {str(root / 'train')!r} "
+                         "(DIR/{train,validation}/{class}/{name}.png + .wav)")
+    features = datasets.Features({
+        "stem": datasets.Value("string"), "label": datasets.ClassLabel(names=classes),
+        "image": datasets.Array2D(tuple(config.image_shape), "uint8"),
+        "audio": datasets.Sequence(datasets.Value("int16"), length=config.num_samples),
+        "error": datasets.Value("string")})
+    splits, skipped = {}, 0
+    for split in ("train", "validation", "test"):
+        if not (root / split).is_dir():
+            if split != "test":
+                raise ValueError(f"data: expected a {split!r} folder in {str(root)!r}")
+            continue
+        stems, labels = [], []
+        for label, name in enumerate(classes):
+            for png in sorted((root / split / name).glob("*.png")):
+                stems.append(str(png.with_suffix("")))
+                labels.append(label)
+        unknown = sorted({p.name for p in (root / split).iterdir() if p.is_dir()} - set(classes))
+        if unknown:
+            raise ValueError(f"data: classes {unknown} in {split!r} are not in train's {classes}")
+        table = datasets.Dataset.from_dict({"stem": stems, "label": labels})
+        table = table.map(_decode, batched=True, batch_size=256, features=features,
+                          num_proc=config.num_workers if len(stems) > 512 and config.num_workers > 1 else None,
+                          fn_kwargs=dict(shape=tuple(config.image_shape), sample_rate=config.sample_rate,
+                                         num_samples=config.num_samples))
+        errors = [e for e in table["error"] if e]
+        if errors and not config.skip_bad:
+            raise ValueError(f"{len(errors)} unreadable record(s) in {split!r}, first: {errors[0]} "
+                             "(task.skip_bad=true drops them)")
+        if errors:
+            table = table.filter(lambda e: not e, input_columns="error")
+            skipped += len(errors)
+        splits[split] = table.remove_columns("error").with_format("numpy")
+    if skipped:
+        print(f"data: skipped {skipped} unreadable record(s)", file=sys.stderr)
+    return datasets.DatasetDict(splits), classes, skipped
+
+
+def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
+    """Per-example peak signal-to-noise ratio in dB: ``[B, ...] -> [B]``."""
+    mse = (estimate - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(peak**2 / mse)
+
+
+class AutoencodeTask:
+    best_metric = "label_accuracy"
+
+    def __init__(self, config: AutoencodeConfig):
+        self.config = config
+        root = config.data
+        if root == "av-digits":
+            from tasks import av_digits
+
+            root = av_digits.build(cache_dir() / "av-digits-seed0")
+        if not Path(root).is_dir():
+            raise ValueError(f"data: expected av-digits or an audio-visual folder, got {config.data!r}")
+        self.splits, self.classes, self.skipped = load_folder(root, config)
+        self.patch = self.model_settings()["patch_size"]
+        train = self.splits["train"][:]
+        self.mean_image = torch.from_numpy(train["image"].astype(np.float32).mean(0) / 255)
+        self.mean_audio = torch.from_numpy(train["audio"].astype(np.float32).mean(0) / 32768)
+
+    def model_settings(self) -> dict:
+        return dict(image_shape=tuple(self.config.image_shape), num_samples=self.config.num_samples,
+                    num_classes=len(self.classes), patch_size=4, samples_per_patch=16) | self.config.model
+
+    def model_config(self):
+        return presets.multimodal_autoencoder(**self.model_settings())
+
+    def num_train_examples(self) -> int:
+        return len(self.splits["train"])
+
+    def _arrays(self, rows) -> dict:
+        return {"image": torch.from_numpy(rows["image"].astype(np.float32) / 255)[:, None],
+                "audio": torch.from_numpy(rows["audio"].astype(np.float32) / 32768),
+                "label": torch.from_numpy(rows["label"].astype(np.int64))}
+
+    def train_batch(self, indices, generator=None):
+        inputs = self._arrays(self.splits["train"][indices])
+        batch = len(indices)
+        sizes = {"image": inputs["image"][0, 0].numel() // self.patch**2,
+                 "audio": self.config.num_samples // self.model_settings()["samples_per_patch"]}
+        index = {name: torch.rand(batch, n, generator=generator).argsort(1)[
+                 :, :max(1, round(n * self.config.query_fraction))].sort(1).values
+                 for name, n in sizes.items()}
+        masked = torch.rand(batch, generator=generator) < self.config.label_mask_prob
+        return {"inputs": inputs, "query_index": index, "label_mask": masked}
+
+    def targets(self, inputs) -> dict:
+        """Per-query targets: image patches ``[B, P, p*p]``, audio patches ``[B, A, s]``."""
+        spp = self.model_settings()["samples_per_patch"]
+        return {"image": rearrange(inputs["image"], "b c (h p) (w q) -> b (h w) (p q c)", p=self.patch,
+                                   q=self.patch),
+                "audio": rearrange(inputs["audio"], "b (m s) -> b m s", s=spp)}
+
+    def loss(self, model, batch):
+        inputs, index = batch["inputs"], batch["query_index"]
+        out = model(inputs, query_index=index, modality_mask={"label": batch["label_mask"]}).logits
+        targets = self.targets(inputs)
+        parts = {}
+        for name in ("image", "audio"):
+            chosen = index[name][..., None].expand(-1, -1, targets[name].shape[-1])
+            parts[f"{name}_mse"] = F.mse_loss(out[name].float(), targets[name].gather(1, chosen))
+        label = out["label"].float().squeeze(1)
+        parts["label_ce"] = F.cross_entropy(label, inputs["label"])
+        loss = parts["image_mse"] + parts["audio_mse"] + self.config.label_weight * parts["label_ce"]
+        accuracy = (label.argmax(-1) == inputs["label"]).float().mean()
+        return loss, {k: v.item() for k, v in parts.items()} | {"label_accuracy": accuracy.item()}
+
+    @torch.no_grad()
+    def reconstruct(self, model, inputs: dict) -> dict:
+        """Label masked, everything decoded: image ``[B, 1, H, W]``, audio ``[B, N]``, label
+        probabilities ``[B, K]``."""
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        masked = torch.ones(len(inputs["label"]), dtype=torch.bool, device=device)
+        out = {k: v.float().cpu() for k, v in model(inputs, modality_mask={"label": masked}).logits.items()}
+        h, w = self.config.image_shape
+        return {"image": rearrange(out["image"], "b (h w) (p q c) -> b c (h p) (w q)", h=h // self.patch,
+                                   p=self.patch, q=self.patch).clamp(0, 1),
+                "audio": out["audio"].flatten(1).clamp(-1, 1),
+                "label": out["label"].squeeze(1).softmax(-1)}
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str = "validation") -> dict:
+        data, size = self.splits[split], self.config.eval_batch_size
+        sums = dict.fromkeys(["image_psnr", "audio_psnr", "image_psnr_mean_baseline",
+                              "audio_psnr_mean_baseline", "label_accuracy"], 0.0)
+        for start in range(0, len(data), size):
+            inputs = self._arrays(data[start:start + size])
+            out = self.reconstruct(model, inputs)
+            sums["image_psnr"] += float(psnr(out["image"], inputs["image"]).sum())
+            sums["audio_psnr"] += float(psnr(out["audio"], inputs["audio"]).sum())
+            sums["image_psnr_mean_baseline"] += float(psnr(self.mean_image.expand_as(inputs["image"][:, 0]),
+                                                           inputs["image"][:, 0]).sum())
+            sums["audio_psnr_mean_baseline"] += float(psnr(self.mean_audio.expand_as(inputs["audio"]),
+                                                           inputs["audio"]).sum())
+            sums["label_accuracy"] += float((out["label"].argmax(-1) == inputs["label"]).sum())
+        return {k: v / max(1, len(data)) for k, v in sums.items()}
+
+    def write_samples(self, model, directory, split: str = "validation", count: int = 8) -> list[Path]:
+        """Originals and reconstructions of the first ``count`` examples of ``split`` as
+        ``{i}-original.png/.wav`` and ``{i}-reconstruction.png/.wav``."""
+        inputs = self._arrays(self.splits[split][:count])
+        return save_reconstructions(self.reconstruct(model, inputs), inputs, directory, self.classes)
+
+    def predict_files(self, model, stems: list[str], directory) -> list[dict]:
+        """Reconstruct ``{stem}.png`` + ``{stem}.wav`` pairs (label unknown) into ``directory``."""
+        images = [read_png(s + ".png", self.config.image_shape) for s in stems]
+        audio = [read_wav(s + ".wav", self.config.sample_rate, self.config.num_samples) for s in stems]
+        inputs = {"image": torch.from_numpy(np.stack(images).astype(np.float32) / 255)[:, None],
+                  "audio": torch.from_numpy(np.stack(audio).astype(np.float32) / 32768),
+                  "label": torch.zeros(len(stems), dtype=torch.long)}
+        out = self.reconstruct(model, inputs)
+        paths = save_reconstructions(out, inputs, directory, self.classes, names=[Path(s).name for s in stems])
+        return [{"input": stem, "label": self.classes[int(p.argmax())], "probability": round(float(p.max()), 4),
+                 "image_psnr": round(float(psnr(out["image"][i:i + 1], inputs["image"][i:i + 1])), 2),
+                 "audio_psnr": round(float(psnr(out["audio"][i:i + 1], inputs["audio"][i:i + 1])), 2),
+                 "outputs": [str(p) for p in paths if p.name.startswith(Path(stem).name + "-")]}
+                for i, (stem, p) in enumerate(zip(stems, out["label"], strict=True))]
+
+
+def save_reconstructions(out, inputs, directory, classes, names=None) -> list[Path]:
+    from PIL import Image
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(out["image"])):
+        name = names[i] if names else f"{i}-{classes[int(inputs['label'][i])]}"
+        for kind, image, audio in (("original", inputs["image"][i], inputs["audio"][i]),
+                                   ("reconstruction", out["image"][i], out["audio"][i])):
+            pixels = (image[0].numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(directory / f"{name}-{kind}.png")
+            write_wav(directory / f"{name}-{kind}.wav", audio.numpy())
+            paths += [directory / f"{name}-{kind}.png", directory / f"{name}-{kind}.wav"]
+    return paths
