@@ -95,7 +95,8 @@ def load_folder(root, config: AutoencodeConfig):
     import datasets
 
     root = Path(root)
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
+    train = root / "train"
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
     if not classes:
         raise ValueError(f"data: expected class folders in {str(root / 'train')!r} "
                          "(DIR/{train,validation}/{class}/{name}.png + .wav)")
@@ -119,8 +120,8 @@ def load_folder(root, config: AutoencodeConfig):
         if unknown:
             raise ValueError(f"data: classes {unknown} in {split!r} are not in train's {classes}")
         table = datasets.Dataset.from_dict({"stem": stems, "label": labels})
-        table = table.map(_decode, batched=True, batch_size=256, features=features,
-                          num_proc=config.num_workers if len(stems) > 512 and config.num_workers > 1 else None,
+        workers = config.num_workers if len(stems) > 512 and config.num_workers > 1 else None
+        table = table.map(_decode, batched=True, batch_size=256, features=features, num_proc=workers,
                           fn_kwargs=dict(shape=tuple(config.image_shape), sample_rate=config.sample_rate,
                                          num_samples=config.num_samples))
         errors = [e for e in table["error"] if e]
@@ -252,8 +253,10 @@ class AutoencodeTask:
                   "audio": torch.from_numpy(np.stack(audio).astype(np.float32) / 32768),
                   "label": torch.zeros(len(stems), dtype=torch.long)}
         out = self.reconstruct(model, inputs)
-        paths = save_reconstructions(out, inputs, directory, self.classes, names=[Path(s).name for s in stems])
-        return [{"input": stem, "label": self.classes[int(p.argmax())], "probability": round(float(p.max()), 4),
+        names = [Path(s).name for s in stems]
+        paths = save_reconstructions(out, inputs, directory, self.classes, names=names)
+        return [{"input": stem, "label": self.classes[int(p.argmax())],
+                 "probability": round(float(p.max()), 4),
                  "image_psnr": round(float(psnr(out["image"][i:i + 1], inputs["image"][i:i + 1])), 2),
                  "audio_psnr": round(float(psnr(out["audio"][i:i + 1], inputs["audio"][i:i + 1])), 2),
                  "outputs": [str(p) for p in paths if p.name.startswith(Path(stem).name + "-")]}

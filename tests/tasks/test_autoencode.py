@@ -141,7 +141,8 @@ def test_wrong_image_size_is_refused(tmp_path):
 def test_train_resume_evaluate_predict_from_the_command_line(folder, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["train", "autoencode", "--data", str(folder), "--preset", "tiny", "--output-dir", str(out),
-              "--quiet", f"task.image_shape={list(SHAPE)}", f"task.num_samples={SAMPLES}", "task.num_workers=1",
+              "--quiet", f"task.image_shape={list(SHAPE)}", f"task.num_samples={SAMPLES}",
+              "task.num_workers=1",
               "model.patch_size=2", "train.batch_size=8", "train.eval_every=3", "train.save_every=3"]
     assert main(common + ["--max-steps", "3"]) == 0
     assert main(common + ["--max-steps", "6", "--resume"]) == 0
@@ -151,7 +152,8 @@ def test_train_resume_evaluate_predict_from_the_command_line(folder, tmp_path, c
     assert main(["evaluate", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)["test"]
     assert 0 <= metrics["label_accuracy"] <= 1 and metrics["audio_psnr_mean_baseline"] > 0
-    assert main(["predict", str(out), "--sample", str(folder / "test/b/2"), "--out", str(tmp_path / "p")]) == 0
+    sample = str(folder / "test/b/2")
+    assert main(["predict", str(out), "--sample", sample, "--out", str(tmp_path / "p")]) == 0
     prediction = json.loads(capsys.readouterr().out)
     assert prediction["label"] in ("a", "b", "c") and len(prediction["outputs"]) == 4
     assert read_wav(tmp_path / "p/2-reconstruction.wav", RATE, SAMPLES).shape == (SAMPLES,)

@@ -27,7 +27,8 @@ def test_mask_positions_chooses_count_positions_and_corrupts_bert_style():
 
 
 def test_whole_word_masking_takes_whole_words_with_an_exact_count():
-    texts = ["the quick brown fox jumps over the lazy dog, again and again", "a  bb\tccc\ndddd eeeee ffffff gg hhh"]
+    texts = ["the quick brown fox jumps over the lazy dog, again and again",
+             "a  bb\tccc\ndddd eeeee ffffff gg hhh"]
     ids = torch.tensor([tokenizer.encode(t[:32]) for t in texts])
     for seed in range(20):
         _, positions, labels = mask_positions(ids, 9, torch.Generator().manual_seed(seed), whole_words=True)
