@@ -3,8 +3,9 @@
 Debian's ``manpages`` and ``manpages-dev`` (English) and the translations
 ``manpages-{de,es,fr,it,nl,pl,pt-br,ru}`` are fetched with ``apt-get download`` and unpacked
 with ``dpkg-deb -x`` (nothing is installed); each page's roff source is one example, labelled
-with its language. Redirect pages (``.so other-page``) and symbolic links are left out. A page name goes to one split only
-(about 80/10/10 by a hash of the name), so no translation of a test page is trained on.
+with its language. Redirect pages (``.so other-page``) and symbolic links are left out. A page
+name goes to one split only (about 80/10/10 by a hash of the name), so no translation of a test
+page is trained on.
 
     splits(cache_dir)  -> DatasetDict train/validation/test with columns text, label (ClassLabel)
 """
