@@ -30,6 +30,10 @@ PRESETS = {
                                                                num_layers=4, num_heads=4)),
                         train=dict(max_steps=5000, batch_size=32, lr=5e-4, warmup_steps=500,
                                    eval_every=500, save_every=500)),
+        "manpages": dict(task=dict(max_seq_len=2048, model=dict(dim=64, num_latents=64, latent_dim=128,
+                                                                num_layers=2, num_heads=4)),
+                         train=dict(max_steps=400, batch_size=16, lr=1e-3, warmup_steps=40, eval_every=100,
+                                    save_every=100)),
     },
     "mlm": {
         "tiny": dict(task=dict(seq_len=64, eval_windows=32, model=TINY_MODEL),
