@@ -47,7 +47,7 @@ def load_splits(config: ClassifyConfig):
     if config.data == "listops":
         from tasks import listops
 
-        return listops.splits(cache_dir(), sizes=config.data_sizes or None), listops.compact
+        return listops.splits(cache_dir(), sizes=config.data_sizes or None), listops.dense
     if config.data == "manpages":
         from tasks import manpages
 

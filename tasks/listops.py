@@ -65,6 +65,13 @@ def compact(source: str) -> str:
     return " ".join(token for token in source.split() if token not in "()")
 
 
+def dense(source: str) -> str:
+    """The compact text without spaces, what the byte classifier reads: ``[MAX29]``. Every
+    argument is one digit or a bracketed list, so nothing is lost; 685-2,787 bytes per example
+    instead of 1,191-4,773."""
+    return "".join(token for token in source.split() if token not in "()")
+
+
 def _examples(n: int, rng: random.Random, seen: set[str]) -> tuple[list[str], list[int]]:
     sources, targets = [], []
     while len(sources) < n:

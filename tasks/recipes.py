@@ -26,7 +26,7 @@ PRESETS = {
                                model=TINY_MODEL),
                      train=dict(max_steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10,
                                 save_every=10, log_every=5)),
-        "listops": dict(task=dict(max_seq_len=4096, model=dict(dim=128, num_latents=128, latent_dim=256,
+        "listops": dict(task=dict(max_seq_len=3072, model=dict(dim=128, num_latents=128, latent_dim=256,
                                                                num_layers=4, num_heads=4)),
                         train=dict(max_steps=5000, batch_size=32, lr=5e-4, warmup_steps=500,
                                    eval_every=500, save_every=500)),

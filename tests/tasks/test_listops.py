@@ -29,6 +29,7 @@ def evaluate(source: str, arities=None) -> int:
 def test_text_form_and_values():
     assert listops.to_text(("[MAX", [2, 9])) == "( ( ( [MAX 2 ) 9 ) ] )"
     assert listops.compact("( ( ( [MAX 2 ) 9 ) ] )") == "[MAX 2 9 ]"
+    assert listops.dense("( ( ( [MAX 2 ) 9 ) ] )") == "[MAX29]"
     tree = ("[SM", [("[MED", [1, 2, 3, 4]), ("[MIN", [7, 5, 8]), 9])
     assert listops.value(tree) == (2 + 5 + 9) % 10 == evaluate(listops.to_text(tree))
 
