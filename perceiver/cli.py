@@ -143,12 +143,24 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="section.key=value (sections: task, train, model)")
     p.set_defaults(run=train)
-    p = commands.add_parser("evaluate", help="print a trained job's metrics as JSON")
+    p = commands.add_parser("evaluate", help="print a trained job's metrics as JSON",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Metrics of DIR's best (or latest) model on the validation and test "
+                                        "splits, as one JSON object.",
+                            epilog="examples:\n  perceiver evaluate runs/listops\n"
+                                   "  perceiver evaluate runs/av --model latest")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--model", choices=["best", "latest"], default="best")
     p.set_defaults(run=evaluate)
     p = commands.add_parser("predict", help="apply a trained job: classify texts or files, fill '_' bytes, "
-                                            "reconstruct image + audio samples")
+                                            "reconstruct image + audio samples",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Apply DIR's best model; one JSON line per input.",
+                            epilog="examples:\n"
+                                   "  perceiver predict runs/listops --text \"[MAX29[MIN47]0]\"\n"
+                                   "  perceiver predict runs/man --file ls.1 --file ls.de.1\n"
+                                   "  perceiver predict runs/mlm --text \"The ________ of the Union\"\n"
+                                   "  perceiver predict runs/av --sample data/test/3/00012 --out recon/")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")

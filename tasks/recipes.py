@@ -111,8 +111,14 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
 
 
 def build(settings: dict):
+    """``(task, TrainConfig)``; the model settings are checked here, before any training."""
     config_cls, task_cls = TASKS[settings["job"]]
-    return task_cls(config_cls(**settings["task"])), TrainConfig(**settings["train"])
+    task = task_cls(config_cls(**settings["task"]))
+    try:
+        task.model_config()
+    except TypeError as error:  # an unknown keyword of the preset function or of EncoderConfig
+        raise ValueError(f"model: unknown setting in {settings['task'].get('model', {})}: {error}") from error
+    return task, TrainConfig(**settings["train"])
 
 
 def run_train(settings: dict, output_dir, resume=False, progress=True) -> dict:

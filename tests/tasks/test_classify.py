@@ -49,6 +49,8 @@ def test_a_local_dataset_with_other_columns(cache, capsys):
     assert main(["train", "classify", "--data", "listops", "--output-dir", str(cache / "x"),
                  "train.learning_rate=1"]) == 2
     assert "override: unknown key 'train.learning_rate'" in capsys.readouterr().err
+    assert main(args + ["task.label_column=y", "model.num_latent=4"]) == 2
+    assert "model: unknown setting" in capsys.readouterr().err
 
 
 def test_bad_records_are_named_or_skipped_and_counted(cache, capsys):
