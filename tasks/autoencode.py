@@ -7,10 +7,12 @@ files are decoded by ``num_workers`` processes into Arrow tables.
 
 Training decodes a random ``query_fraction`` of the image and audio queries of each example, as
 the paper trains on subsampled outputs, and masks each example's label with probability
-``label_mask_prob``. Evaluation decodes everything with every label masked, so label accuracy
-measures what the model infers from image and audio. Metrics: PSNR of image (pixels in [0, 1])
-and audio (full scale 1), each beside the PSNR of the training set's mean image / mean waveform,
-and label accuracy.
+``label_mask_prob``. The loss is each modality's MSE divided by the MSE of the training set's
+mean (so both modalities count by their improvement over that baseline, whatever their scale),
+plus ``label_weight`` times the label's cross-entropy. Evaluation decodes everything with every
+label masked, so label accuracy measures what the model infers from image and audio. Metrics:
+PSNR of image (pixels in [0, 1]) and audio (full scale 1), each beside the PSNR of the training
+set's mean image / mean waveform, and label accuracy.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class AutoencodeConfig:
     num_samples: int = 4096  # shorter clips are zero-padded, longer ones refused
     query_fraction: float = 0.5  # share of image and audio queries decoded per training example
     label_mask_prob: float = 0.5  # training: chance that an example's label is masked
-    label_weight: float = 1.0  # weight of the label's cross-entropy beside the two MSEs
+    label_weight: float = 0.1  # weight of the label's cross-entropy beside the two relative MSEs
     skip_bad: bool = False  # drop unreadable records (and report how many) instead of failing
     num_workers: int = 2  # processes decoding PNG/WAV files
     model: dict = field(default_factory=dict)  # presets.multimodal_autoencoder arguments
@@ -158,8 +160,12 @@ class AutoencodeTask:
         self.splits, self.classes, self.skipped = load_folder(root, config)
         self.patch = self.model_settings()["patch_size"]
         train = self.splits["train"][:]
-        self.mean_image = torch.from_numpy(train["image"].astype(np.float32).mean(0) / 255)
-        self.mean_audio = torch.from_numpy(train["audio"].astype(np.float32).mean(0) / 32768)
+        images = torch.from_numpy(train["image"].astype(np.float32) / 255)
+        audio = torch.from_numpy(train["audio"].astype(np.float32) / 32768)
+        self.mean_image, self.mean_audio = images.mean(0), audio.mean(0)
+        # the mean baseline's MSE: each modality's loss is measured relative to it
+        self.baseline_mse = {"image": float((images - self.mean_image).pow(2).mean()),
+                             "audio": float((audio - self.mean_audio).pow(2).mean())}
 
     def model_settings(self) -> dict:
         return dict(image_shape=tuple(self.config.image_shape), num_samples=self.config.num_samples,
@@ -204,7 +210,8 @@ class AutoencodeTask:
             parts[f"{name}_mse"] = F.mse_loss(out[name].float(), targets[name].gather(1, chosen))
         label = out["label"].float().squeeze(1)
         parts["label_ce"] = F.cross_entropy(label, inputs["label"])
-        loss = parts["image_mse"] + parts["audio_mse"] + self.config.label_weight * parts["label_ce"]
+        loss = sum(parts[f"{name}_mse"] / self.baseline_mse[name] for name in ("image", "audio"))
+        loss = loss + self.config.label_weight * parts["label_ce"]
         accuracy = (label.argmax(-1) == inputs["label"]).float().mean()
         return loss, {k: v.item() for k, v in parts.items()} | {"label_accuracy": accuracy.item()}
 
