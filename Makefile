@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m tasks.mlm_demo
+	$(PY) -m tasks.demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,6 @@ from tasks.mlm import MLMConfig, MLMTask
 TASKS = {"classify": (ClassifyConfig, ClassifyTask), "mlm": (MLMConfig, MLMTask),
          "autoencode": (AutoencodeConfig, AutoencodeTask)}
 TINY_MODEL = dict(dim=32, num_latents=16, latent_dim=64, num_layers=1, num_heads=2)
-SOTU_MODEL = dict(dim=128, num_latents=64, latent_dim=256, num_layers=4, num_heads=4)
 PRESETS = {
     "classify": {
         "tiny": dict(task=dict(max_seq_len=512, data_sizes={"train": 256, "validation": 64, "test": 64},
@@ -39,18 +38,19 @@ PRESETS = {
         "tiny": dict(task=dict(seq_len=64, eval_windows=32, model=TINY_MODEL),
                      train=dict(max_steps=20, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=10,
                                 save_every=10, log_every=5)),
-        "sotu": dict(task=dict(seq_len=128, model=SOTU_MODEL),
+        "sotu": dict(task=dict(seq_len=128, model=dict(dim=128, num_latents=64, latent_dim=256, num_layers=4,
+                                                       num_heads=4)),
                      train=dict(max_steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, eval_every=250,
                                 save_every=250)),
-        "demo": dict(task=dict(seq_len=128, model=SOTU_MODEL),  # make demo: a few minutes on 2 cores
-                     train=dict(max_steps=600, batch_size=32, lr=2e-3, warmup_steps=50, eval_every=200,
-                                save_every=200)),
     },
     "autoencode": {
         "tiny": dict(task=dict(model=dict(num_bands=4, query_bands=4, num_latents=16, latent_dim=32,
                                           num_layers=1)),
                      train=dict(max_steps=20, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=10,
                                 save_every=10, log_every=5)),
+        "demo": dict(task=dict(),  # make demo: a few minutes on 2 cores
+                     train=dict(max_steps=500, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=250,
+                                save_every=250)),
         "av-digits": dict(task=dict(),
                           train=dict(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
                                      save_every=250)),
