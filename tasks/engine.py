@@ -71,7 +71,9 @@ class Task(Protocol):
     def train_batch(self, indices: list[int], generator: torch.Generator): ...  # seeded per micro-batch
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model, split: str = "validation") -> dict[str, float]: ...
-    def predictions(self, model, texts: list[str]) -> list[dict]: ...  # for perceiver predict
+    # Optional: ``skipped`` (bad records dropped, written to run.json), ``write_samples(model, dir)``
+    # (example outputs after training), ``predictions(model, texts)`` or ``predict_files(model,
+    # stems, dir)`` for ``perceiver predict``.
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
