@@ -63,10 +63,13 @@ def test_decoding_masked_positions_only_gives_the_full_decoding_loss(corpus):
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def test_train_evaluate_fill_mask_from_the_command_line(corpus, tmp_path, capsys):
+def test_train_resume_evaluate_fill_mask_from_the_command_line(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "mlm", "--data", str(corpus), "--preset", "tiny", "--output-dir", str(out),
-                 "--quiet", "train.max_steps=6", "train.eval_every=3", "train.save_every=3"]) == 0
+    args = ["train", "mlm", "--data", str(corpus), "--preset", "tiny", "--output-dir", str(out), "--quiet",
+            "train.max_steps=6", "train.eval_every=3", "train.save_every=3", "task.masking=words"]
+    assert main(args + ["--max-steps", "3"]) == 0
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((out / "checkpoint/trainer.json").read_text())["step"] == 6
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)["validation"]
