@@ -6,13 +6,31 @@ residual is optional, as in Perceiver IO decoders whose queries and outputs mean
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.attention import MultiHeadAttention
 
-ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
+
+class SquaredReLU(nn.Module):
+    """``relu(x) ** 2`` (the MLP activation of DeepMind's HiP)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu2": SquaredReLU}
+
+
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Zero whole examples of a residual branch ``[B, ...]`` with probability ``rate`` in training,
+    without rescaling the kept ones (HiP's stochastic depth)."""
+    if not training or rate == 0.0:
+        return x
+    keep = torch.floor(1.0 - rate + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device))
+    return x * keep.to(x.dtype)
 
 
 def check_activation(name: str) -> None:
@@ -24,7 +42,7 @@ class MLP(nn.Module):
     """Two-layer feed-forward block ``[.., dim] -> [.., widening_factor * dim] -> [.., dim]``.
 
     ``activation="gelu"`` is exact GELU (transformers' Perceiver); ``"gelu_tanh"`` is the tanh
-    approximation (the default of DeepMind's JAX/Haiku code).
+    approximation (the default of DeepMind's JAX/Haiku code); ``"relu2"`` is squared ReLU (HiP).
     """
 
     def __init__(self, dim: int, widening_factor: int = 1, activation: str = "gelu", dropout=0.0):
@@ -85,7 +103,12 @@ class CrossAttentionLayer(nn.Module):
 
 
 class SelfAttentionLayer(nn.Module):
-    """Self-attention over latents ``[B, N, dim] -> [B, N, dim]`` with residual attention and MLP."""
+    """Self-attention over latents ``[B, N, dim] -> [B, N, dim]`` with residual attention and MLP.
+
+    ``dropout`` acts on the attention weights and the MLP output (Perceiver IO); HiP instead drops
+    the attention and MLP outputs (``residual_dropout``) and whole examples of each residual
+    branch (``drop_path``).
+    """
 
     def __init__(
         self,
@@ -96,8 +119,11 @@ class SelfAttentionLayer(nn.Module):
         widening_factor: int = 1,
         dropout: float = 0.0,
         activation: str = "gelu",
+        residual_dropout: float = 0.0,
+        drop_path: float = 0.0,
     ):
         super().__init__()
+        self.residual_dropout, self.drop_path = residual_dropout, drop_path
         self.norm = nn.LayerNorm(dim)
         self.attention = MultiHeadAttention(
             dim, dim, num_heads, qk_dim, v_dim, out_dim=dim, dropout=dropout
@@ -109,9 +135,13 @@ class SelfAttentionLayer(nn.Module):
         h = self.norm(x)
         attended = self.attention(h, h, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
-        x = x + attended
-        x = x + self.mlp(self.mlp_norm(x))
+        x = x + self._branch(attended)
+        x = x + self._branch(self.mlp(self.mlp_norm(x)))
         return (x, weights) if return_weights else x
+
+    def _branch(self, y: Tensor) -> Tensor:
+        y = F.dropout(y, self.residual_dropout, self.training)
+        return drop_path(y, self.drop_path, self.training)
 
 
 class SelfAttentionStack(nn.Module):

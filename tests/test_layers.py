@@ -55,3 +55,31 @@ def test_stack_returns_one_weight_map_per_layer():
     stack = SelfAttentionStack(2, 8, num_heads=2)
     out, weights = stack(torch.randn(3, 4, 8), return_weights=True)
     assert out.shape == (3, 4, 8) and [w.shape for w in weights] == [(3, 2, 4, 4)] * 2
+
+
+def test_squared_relu_and_drop_path_follow_their_definitions():
+    from perceiver.layers import SquaredReLU, drop_path
+
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    torch.testing.assert_close(SquaredReLU()(x), torch.where(x > 0, x * x, torch.zeros_like(x)))
+    y = torch.ones(4000, 3, 2)
+    torch.manual_seed(0)
+    dropped = drop_path(y, 0.25, training=True)
+    per_example = dropped.flatten(1)
+    assert set(per_example.unique().tolist()) == {0.0, 1.0}  # whole examples, no rescaling
+    assert (per_example.min(1).values == per_example.max(1).values).all()
+    assert 0.22 < 1 - per_example[:, 0].mean() < 0.28
+    assert torch.equal(drop_path(y, 0.25, training=False), y)
+
+
+def test_residual_dropout_and_drop_path_are_identities_in_eval():
+    from perceiver.layers import SelfAttentionLayer
+
+    torch.manual_seed(0)
+    plain = SelfAttentionLayer(16, 2, activation="relu2").eval()
+    noisy = SelfAttentionLayer(16, 2, activation="relu2", residual_dropout=0.5, drop_path=0.5).eval()
+    noisy.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(noisy(x), plain(x))
+    noisy.train()
+    assert not torch.allclose(noisy(x), plain(x))
