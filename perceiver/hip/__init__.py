@@ -1,5 +1,9 @@
 """Hierarchical Perceiver (HiP): grouped blocks for very long, multimodal inputs."""
 
+from perceiver.hip.blocks import BlockConfig, HiPBlock, regroup
 from perceiver.hip.grouping import GroupLayout, allocate_groups
+from perceiver.hip.model import HiP
+from perceiver.hip.variants import VARIANTS, build_hip
 
-__all__ = ["GroupLayout", "allocate_groups"]
+__all__ = ["VARIANTS", "BlockConfig", "GroupLayout", "HiP", "HiPBlock", "allocate_groups", "build_hip",
+           "regroup"]

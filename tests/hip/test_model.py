@@ -1,0 +1,108 @@
+"""HiP end to end: the official parameter counts, shapes of every variant, gradients, bad input."""
+
+import pytest
+import torch
+
+from perceiver.hip import VARIANTS, BlockConfig, HiPBlock, build_hip, regroup
+
+# The official test's modalities (shared/reference/hip.md): two datasets, two modalities each.
+MODALITIES = {"imagenet_image": (1024, 3), "imagenet_label": (32, 1), "audioset_audio": (128, 16),
+              "audioset_label": (16, 16)}
+DATASETS = [("imagenet_image", "imagenet_label"), ("audioset_audio", "audioset_label")]
+OFFICIAL = {"mini": 18_709_668, "16": 99_224_996, "256": 95_585_188, "16x3": 233_240_356}
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL))
+def test_parameter_counts_are_the_official_ones_plus_one_projection_per_extra_modality(variant):
+    with torch.device("meta"):
+        model = build_hip(variant, MODALITIES, num_position_encoding_channels=512)
+    e = VARIANTS[variant]["embedding_channels"]
+    # the official code shares 2 projections by dict slot; here each of the 4 modalities has its own
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL[variant] + 2 * e * e
+
+
+def test_latent_overrides_change_the_table_only_for_evaluation_counts():
+    def count(**overrides):
+        with torch.device("meta"):
+            model = build_hip("mini", MODALITIES, num_position_encoding_channels=512, **overrides)
+        return sum(p.numel() for p in model.parameters())
+
+    assert count(processor_latents_eval=128) == 18_775_204 + 2 * 32 * 32  # hip.md section 8
+    assert count(processor_latents_train=32) == OFFICIAL["mini"] + 2 * 32 * 32
+    with pytest.raises(ValueError, match="at most one of them, got both"):
+        count(processor_latents_train=32, processor_latents_eval=128)
+
+
+@pytest.mark.parametrize("variant, overrides", [
+    ("mini", {}), ("mini", {"processor_latents_train": 32}), ("mini", {"processor_latents_eval": 128}),
+    ("16", {}), ("256", {}), ("mini", {"transpose_regroup": True}),
+])
+def test_reconstructions_have_the_input_shapes_in_train_and_eval(variant, overrides):
+    torch.manual_seed(0)
+    model = build_hip(variant, MODALITIES, num_position_encoding_channels=512, **overrides)
+    for mode in (model.train, model.eval):
+        mode()
+        for dataset in DATASETS:
+            inputs = {n: torch.randn(2, *MODALITIES[n]) for n in dataset}
+            out = model(inputs)
+            assert {n: v.shape for n, v in out.logits.items()} == {n: x.shape for n, x in inputs.items()}
+            assert out.latents.shape[:2] == (2, VARIANTS[variant]["num_groups"][-1])
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = build_hip("mini", MODALITIES, num_position_encoding_channels=512, dropout=0.1, drop_path=0.1)
+    inputs = {n: torch.randn(2, *size) for n, size in MODALITIES.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # the output layers start at zero, so the rest only gets gradient after a step
+        optimizer.zero_grad()
+        sum(v.square().mean() - (v * inputs[n]).mean() for n, v in model(inputs).logits.items()).backward()
+        optimizer.step()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_subsampled_latents_are_distinct_rows_per_example_and_group():
+    block = HiPBlock(BlockConfig(2, 6, 8, 1, 2, num_latents_train=4), in_channels=8)
+    torch.nn.init.normal_(block.latents)
+    block.train()
+    q = block.queries(3)
+    assert q.shape == (3, 2, 4, 8)
+    table = block.latents.view(2, 6, 8)
+    for b in range(3):
+        for g in range(2):
+            rows = [int((table[g] == row).all(-1).nonzero()) for row in q[b, g]]
+            assert len(set(rows)) == 4
+    block.eval()
+    assert torch.equal(block.queries(3)[1], table)
+
+
+def test_regroup_row_major_and_transposed():
+    x = torch.arange(2 * 4 * 3).view(1, 4, 3, 2).float()  # [B, G'=4, N'=3, C=2]
+    assert torch.equal(regroup(x, 2), x.reshape(1, 2, 6, 2))
+    assert torch.equal(regroup(x, 2, transpose=True), x.transpose(1, 2).reshape(1, 2, 6, 2))
+    with pytest.raises(ValueError, match="num_groups: expected a divisor of the 12 tokens"):
+        regroup(x, 5)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"video": torch.randn(1, 4, 3)}, "unknown modality 'video'"),
+    ({"imagenet_image": torch.randn(1, 1024, 4)}, r"inputs\['imagenet_image'\]: expected shape \[B, 1024, 3\], "
+                                                  r"got \[1, 1024, 4\]"),
+    ({}, "inputs: expected a dict of tensors"),
+])
+def test_bad_inputs_are_named(inputs, message):
+    model = build_hip("mini", MODALITIES)
+    with pytest.raises(ValueError, match=message):
+        model(inputs)
+
+
+def test_more_modalities_than_groups_and_bad_block_tuples_are_refused():
+    many = {f"m{i}": (4, 1) for i in range(17)}
+    model = build_hip("mini", many)
+    with pytest.raises(ValueError, match="at most num_groups=16 modalities, got 17"):
+        model({n: torch.randn(1, 4, 1) for n in many})
+    with pytest.raises(ValueError, match="expected 1 group in the processor"):
+        build_hip("mini", MODALITIES, num_groups=(16, 2, 16))
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        build_hip("huge", MODALITIES)
