@@ -87,8 +87,8 @@ def test_regroup_row_major_and_transposed():
 
 @pytest.mark.parametrize("inputs, message", [
     ({"video": torch.randn(1, 4, 3)}, "unknown modality 'video'"),
-    ({"imagenet_image": torch.randn(1, 1024, 4)}, r"inputs\['imagenet_image'\]: expected shape \[B, 1024, 3\], "
-                                                  r"got \[1, 1024, 4\]"),
+    ({"imagenet_image": torch.randn(1, 1024, 4)},
+     r"inputs\['imagenet_image'\]: expected shape \[B, 1024, 3\], got \[1, 1024, 4\]"),
     ({}, "inputs: expected a dict of tensors"),
 ])
 def test_bad_inputs_are_named(inputs, message):
