@@ -106,3 +106,31 @@ def test_more_modalities_than_groups_and_bad_block_tuples_are_refused():
         build_hip("mini", MODALITIES, num_groups=(16, 2, 16))
     with pytest.raises(ValueError, match="variant: expected one of"):
         build_hip("huge", MODALITIES)
+
+
+LABELS = ("audioset_label", "coco_labels", "imagenet_label", "jft_label", "multi_nli_labels",
+          "objects365_labels")  # the official test's label modalities
+
+
+def test_class_bottleneck_count_shapes_and_labels_read_at_the_processor(tmp_path):
+    with torch.device("meta"):
+        model = build_hip("mini", MODALITIES, label_modalities=LABELS, num_position_encoding_channels=512)
+    # official 21,114,788 shares one projection between the two non-label modalities
+    assert sum(p.numel() for p in model.parameters()) == 21_114_788 + 32 * 32
+    torch.manual_seed(0)
+    model = build_hip("mini", MODALITIES, label_modalities=LABELS, num_position_encoding_channels=512)
+    for mode in (model.train, model.eval):
+        mode()
+        for dataset in [*DATASETS, ("imagenet_image",)]:
+            inputs = {n: torch.randn(2, *MODALITIES[n]) for n in dataset}
+            shapes = {n: v.shape for n, v in model(inputs).logits.items()}
+            assert shapes == {n: x.shape for n, x in inputs.items()}
+    # the label enters at the processor: it changes its read-out and, through the decoder blocks, the image
+    for linear in [*model.unembed.values(), *model.label_unembed.values()]:
+        torch.nn.init.normal_(linear.weight)
+    image = torch.randn(1, 1024, 3)
+    a, b = (model({"imagenet_image": image, "imagenet_label": torch.full((1, 32, 1), v)}) for v in (0.0, 5.0))
+    assert not torch.allclose(a.logits["imagenet_label"], b.logits["imagenet_label"])
+    assert not torch.allclose(a.logits["imagenet_image"], b.logits["imagenet_image"])
+    with pytest.raises(ValueError, match="at least one modality that is not a label"):
+        build_hip("mini", {"imagenet_label": (32, 1)}, label_modalities=LABELS)
