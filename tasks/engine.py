@@ -136,7 +136,7 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
     """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics."""
     from tqdm.auto import tqdm
 
-    from perceiver import PerceiverIO
+    from perceiver.config import build
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +144,11 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
                           else config.device)
     torch.manual_seed(config.seed)
     model_config = task.model_config()
-    model_config.encoder.checkpointing = config.activation_checkpointing
-    model = PerceiverIO(model_config).to(device)
+    if hasattr(model_config, "encoder"):  # Perceiver IO
+        model_config.encoder.checkpointing = config.activation_checkpointing
+    else:  # HiP
+        model_config.checkpointing = config.activation_checkpointing
+    model = build(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, best = 0, {"value": None, "step": None}
     if resume:
