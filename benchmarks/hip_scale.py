@@ -1,0 +1,115 @@
+"""Benchmark: HiP-16 against the flat Perceiver IO as the input grows to a million elements.
+
+    .venv/bin/python benchmarks/hip_scale.py                     # 64k, 256k, 1M elements
+    .venv/bin/python benchmarks/hip_scale.py --lengths 65536 --repeats 1
+
+One input of M scalar elements (batch 1), reconstructed in full (masked auto-encoding's forward and
+backward with every element decoded). Each (model, M) runs in its own process: the median time of
+``--repeats`` steps after a warm-up, and the process's peak RSS; a run that dies (out of memory)
+or exceeds ``--timeout`` is reported as such. The growth exponent is the log-log slope of time
+and memory from the smallest to the largest M that ran.
+
+- hip-16: ``build_hip("16", {"signal": (M, 1)})`` (99M parameters at 1M elements).
+- flat: Perceiver IO with 256 x 512 latents and 8 self-attention layers, raw samples with Fourier
+  position features in, Fourier queries out (decoded in chunks of 65,536 queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+LENGTHS = (65_536, 262_144, 1_048_576)
+
+
+def build(name: str, length: int):
+    if name == "hip-16":
+        from perceiver.hip import build_hip
+
+        return build_hip("16", {"signal": (length, 1)})
+    from perceiver import PerceiverIO
+    from perceiver.inputs import AudioPatchAdapter
+    from perceiver.model import DecoderConfig, EncoderConfig
+    from perceiver.outputs import LinearOutput
+    from perceiver.queries import FourierQueries
+
+    return PerceiverIO(PerceiverIO.Config(
+        input=AudioPatchAdapter.Config(length, 1, num_bands=32),
+        encoder=EncoderConfig(num_latents=256, latent_dim=512, num_self_layers=8, num_self_heads=8),
+        queries=FourierQueries.Config((length,), 32),
+        decoder=DecoderConfig(num_heads=1, chunk_size=65_536),
+        output=LinearOutput.Config(1),
+    ))
+
+
+def run(name: str, length: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = build(name, length).train()
+    signal = torch.randn(1, length, 1)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        if name == "hip-16":
+            out = model({"signal": signal}).logits["signal"]
+        else:
+            out = model(signal[..., 0]).logits
+        (out.float() - signal).square().mean().backward()
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"model": name, "length": length, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "step_s": statistics.median(times), "peak_rss_gb": resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def slope(rows: list[dict], key: str) -> float | None:
+    ran = [r for r in rows if key in r]
+    if len(ran) < 2:
+        return None
+    a, b = ran[0], ran[-1]
+    return math.log(b[key] / a[key]) / math.log(b["length"] / a["length"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["hip-16", "flat"], choices=["hip-16", "flat"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run(args.worker[0], int(args.worker[1]), args.repeats)))
+        return
+    for name in args.models:
+        rows = []
+        for length in args.lengths:
+            command = [sys.executable, __file__, "--worker", name, str(length), "--repeats",
+                       str(args.repeats)]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                row = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else
+                       {"model": name, "length": length, "failed": f"exit {done.returncode} (killed: out of "
+                                                                   f"memory?) {done.stderr.strip()[-200:]}"})
+            except subprocess.TimeoutExpired:
+                row = {"model": name, "length": length, "failed": f"over {args.timeout:.0f} s"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        print(json.dumps({"model": name, "time_exponent": slope(rows, "step_s"),
+                          "memory_exponent": slope(rows, "peak_rss_gb")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
