@@ -51,8 +51,8 @@ PRESETS = {
         "demo": dict(task=dict(),  # make demo: a few minutes on 2 cores
                      train=dict(max_steps=500, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=250,
                                 save_every=250)),
-        "av-digits": dict(task=dict(),
-                          train=dict(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
+        "av-digits": dict(task=dict(label_mask_prob=0.8),
+                          train=dict(max_steps=3000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
                                      save_every=250)),
     },
 }
