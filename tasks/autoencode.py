@@ -246,10 +246,11 @@ class AutoencodeTask:
             sums["label_accuracy"] += float((out["label"].argmax(-1) == inputs["label"]).sum())
         return {k: v / max(1, len(data)) for k, v in sums.items()}
 
-    def write_samples(self, model, directory, split: str = "validation", count: int = 8) -> list[Path]:
-        """Originals and reconstructions of the first ``count`` examples of ``split`` as
-        ``{i}-original.png/.wav`` and ``{i}-reconstruction.png/.wav``."""
-        inputs = self._arrays(self.splits[split][:count])
+    def write_samples(self, model, directory, split: str = "validation", count: int = 10) -> list[Path]:
+        """Originals and reconstructions of ``count`` examples spread over ``split`` (so over its
+        classes) as ``{i}-{class}-original.png/.wav`` and ``{i}-{class}-reconstruction.png/.wav``."""
+        size = len(self.splits[split])
+        inputs = self._arrays(self.splits[split][[i * size // count for i in range(min(count, size))]])
         return save_reconstructions(self.reconstruct(model, inputs), inputs, directory, self.classes)
 
     def predict_files(self, model, stems: list[str], directory) -> list[dict]:
