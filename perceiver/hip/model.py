@@ -40,7 +40,8 @@ def truncated_normal_(tensor: Tensor, fan_in: int) -> Tensor:
 @register("hip")
 class HiP(PretrainedMixin, nn.Module):
     """``forward(inputs={name: [B, M, D]})`` -> ``PerceiverOutput(logits={name: [B, M, D]}, latents=
-    [B, G, N, C])``: each given modality reconstructed, and the last block's latents."""
+    [B, G, N, C])``: each given modality reconstructed, and the last block's latents. A modality
+    of token ids may be given as ``[B, M]`` integers instead of one-hot vectors."""
 
     @dataclass
     class Config:
@@ -123,14 +124,27 @@ class HiP(PretrainedMixin, nn.Module):
         for name, x in inputs.items():
             if name not in self.sizes:
                 raise ValueError(f"inputs: unknown modality {name!r}, expected among {list(self.sizes)}")
-            length, channels = self.sizes[name]
-            if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (length, channels):
-                shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                raise ValueError(f"inputs[{name!r}]: expected shape [B, {length}, {channels}], got {shape}")
-            position = self.position_queries(name).to(x.dtype)
-            tokens[name] = self.embed[name](x) + position
+            embedded = self.embed_modality(name, x)
+            position = self.position_queries(name).to(embedded.dtype)
+            tokens[name] = embedded + position
             queries[name] = position.expand(x.shape[0], -1, -1)
         return tokens, queries
+
+    def embed_modality(self, name: str, x: Tensor) -> Tensor:
+        """``[B, M, D]`` values, or ``[B, M]`` integer ids in ``[0, D)`` (the same as their one-hot
+        vectors, without building them) -> ``[B, M, E]``."""
+        length, channels = self.sizes[name]
+        linear = self.embed[name]
+        if isinstance(x, Tensor) and not x.dtype.is_floating_point and x.dim() == 2 and x.shape[1] == length:
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= channels):
+                raise ValueError(f"inputs[{name!r}]: expected ids in [0, {channels}), got "
+                                 f"[{int(x.min())}, {int(x.max())}]")
+            return nn.functional.embedding(x, linear.weight.T) + linear.bias
+        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (length, channels):
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"inputs[{name!r}]: expected shape [B, {length}, {channels}] (or ids "
+                             f"[B, {length}]), got {shape}")
+        return linear(x)
 
 
 def block_configs(config: HiP.Config) -> list[BlockConfig]:

@@ -88,13 +88,26 @@ def test_regroup_row_major_and_transposed():
 @pytest.mark.parametrize("inputs, message", [
     ({"video": torch.randn(1, 4, 3)}, "unknown modality 'video'"),
     ({"imagenet_image": torch.randn(1, 1024, 4)},
-     r"inputs\['imagenet_image'\]: expected shape \[B, 1024, 3\], got \[1, 1024, 4\]"),
+     r"inputs\['imagenet_image'\]: expected shape \[B, 1024, 3\] \(or ids \[B, 1024\]\), "
+     r"got \[1, 1024, 4\]"),
+    ({"imagenet_image": torch.tensor([[0, 3] * 512])}, r"expected ids in \[0, 3\), got \[0, 3\]"),
     ({}, "inputs: expected a dict of tensors"),
 ])
 def test_bad_inputs_are_named(inputs, message):
     model = build_hip("mini", MODALITIES)
     with pytest.raises(ValueError, match=message):
         model(inputs)
+
+
+def test_token_ids_are_embedded_as_their_one_hot_vectors():
+    torch.manual_seed(0)
+    model = build_hip("mini", {"bytes": (64, 262)}).eval()
+    for linear in model.unembed.values():
+        torch.nn.init.normal_(linear.weight)
+    ids = torch.randint(0, 262, (2, 64))
+    one_hot = torch.nn.functional.one_hot(ids, 262).float()
+    from_ids, from_vectors = (model({"bytes": x}).logits["bytes"] for x in (ids, one_hot))
+    torch.testing.assert_close(from_ids, from_vectors)
 
 
 def test_more_modalities_than_groups_and_bad_block_tuples_are_refused():
