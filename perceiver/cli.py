@@ -30,6 +30,7 @@ TRAIN_EPILOG = """examples:
       task.text_column=text task.label_column=label
   perceiver train classify --data listops --preset tiny --output-dir runs/tiny --resume --max-steps 40
   perceiver train mlm --data sotu --preset sotu --output-dir runs/mlm
+  perceiver train classify --data listops --preset tiny --model hip-mini --output-dir runs/hip
   perceiver predict runs/mlm --text "The Congress of the United ______ shall have power."
   perceiver train autoencode --data av-digits --preset av-digits --output-dir runs/av
   perceiver predict runs/av --sample ~/.cache/perceiver/av-digits-seed0/test/3/00012 --out recon/
@@ -66,7 +67,7 @@ def train(args) -> None:
     from tasks.recipes import run_train, settings_for
 
     settings = settings_for(args.task, args.data, args.preset, args.overrides, args.config, args.seed,
-                            args.max_steps)
+                            args.max_steps, args.model)
     metrics = run_train(settings, args.output_dir, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
 
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
                    help="named settings (classify: tiny, listops; mlm: tiny, sotu; autoencode: tiny, "
                         "av-digits)")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--model", help="classify, mlm: perceiver-io (default) or a HiP: hip-mini, hip-16, "
+                                   "hip-256, hip-16x3")
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint exactly")

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from perceiver import presets, tokenizer
+from perceiver import tokenizer
+from tasks import architectures
 
 
 @dataclass
@@ -26,7 +27,8 @@ class ClassifyConfig:
     label_column: str | None = None  # default: Target for listops, label otherwise
     max_seq_len: int = 2048
     data_sizes: dict = field(default_factory=dict)  # generated data only: {"train": n, ...}
-    model: dict = field(default_factory=dict)  # presets.byte_classifier arguments
+    model: dict = field(default_factory=dict)  # the architecture's arguments (tasks.architectures)
+    architecture: str = "perceiver-io"  # or hip-mini, hip-16, hip-256, hip-16x3
     eval_batch_size: int = 64
     skip_bad: bool = False  # drop empty texts and out-of-range labels (counted) instead of failing
 
@@ -78,6 +80,7 @@ class ClassifyTask:
     best_metric = "accuracy"
 
     def __init__(self, config: ClassifyConfig):
+        architectures.check(config.architecture)
         self.config = config
         self.text_column, self.label_column = columns(config)
         self.splits, self.transform = load_splits(config)
@@ -107,8 +110,9 @@ class ClassifyTask:
         return split.select([i for i in range(len(split)) if i not in bad])
 
     def model_config(self):
-        args = dict(num_classes=self.num_classes, max_seq_len=self.config.max_seq_len) | self.config.model
-        return presets.byte_classifier(**args)
+        config = self.config
+        return architectures.byte_classifier(config.architecture, self.num_classes, config.max_seq_len,
+                                             config.model)
 
     def num_train_examples(self) -> int:
         return len(self.splits["train"])
@@ -127,16 +131,18 @@ class ClassifyTask:
         return self._batch(self.splits["train"][indices])
 
     def loss(self, model, batch):
-        logits = model(batch["inputs"], attention_mask=batch["attention_mask"]).logits
+        logits = self.logits(model, batch["inputs"], batch["attention_mask"])
         loss = F.cross_entropy(logits.float(), batch["labels"])
         accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
         return loss, {"accuracy": float(accuracy)}
 
-    @staticmethod
+    def logits(self, model, ids, mask) -> torch.Tensor:
+        return architectures.classifier_logits(self.config.architecture, model, ids, mask, self.num_classes)
+
     @torch.no_grad()
-    def _logits(model, ids, mask) -> torch.Tensor:
+    def _logits(self, model, ids, mask) -> torch.Tensor:
         device = next(model.parameters()).device
-        return model(ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        return self.logits(model, ids.to(device), mask.to(device)).float().cpu()
 
     def predict(self, model, texts: list[str]) -> torch.Tensor:
         """Class probabilities ``[len(texts), num_classes]``."""

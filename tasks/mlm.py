@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perceiver import presets, tokenizer
+from perceiver import tokenizer
+from tasks import architectures
 
 IGNORE = -100
 
@@ -34,13 +35,14 @@ def mask_bytes(ids: Tensor, generator: torch.Generator, prob: float = 0.15) -> t
     return torch.where(chosen, corrupt(ids, generator), ids), labels
 
 
-def fill_mask(model, text: str, mask: str = "_") -> str:
+def fill_mask(model, text: str, mask: str = "_", architecture: str = architectures.PERCEIVER_IO) -> str:
     """Replace each ``mask`` character in ``text`` by the model's most likely byte."""
     ids = torch.tensor([tokenizer.encode(text)])
     where = ids[0] == tokenizer.encode(mask)[0]
     ids[0, where] = tokenizer.MASK
+    positions = torch.arange(ids.shape[1])[None]
     with torch.no_grad():
-        predicted = model(inputs=ids).logits.argmax(-1)
+        predicted = architectures.token_logits(architecture, model, ids, positions).argmax(-1)
     return tokenizer.decode(torch.where(where, predicted[0], ids[0]))
 
 
@@ -80,7 +82,8 @@ class MLMConfig:
     mask_prob: float = 0.15
     masking: str = "bytes"  # "bytes": uniform positions; "words": whole words (SpanBERT-style spans)
     decode: str = "masked"  # "masked": queries at the masked positions only; "all": every position
-    model: dict = field(default_factory=dict)  # presets.byte_mlm arguments
+    model: dict = field(default_factory=dict)  # the architecture's arguments (tasks.architectures)
+    architecture: str = "perceiver-io"  # or hip-mini, hip-16, hip-256, hip-16x3
     eval_windows: int = 256
     eval_batch_size: int = 64
     skip_bad: bool = False  # local files: drop unreadable or empty files (counted) instead of failing
@@ -130,6 +133,7 @@ class MLMTask:
     best_metric = "masked_accuracy"
 
     def __init__(self, config: MLMConfig):
+        architectures.check(config.architecture)
         if config.decode not in ("masked", "all"):
             raise ValueError(f"decode: expected 'masked' or 'all', got {config.decode!r}")
         if config.masking not in ("bytes", "words"):
@@ -145,7 +149,7 @@ class MLMTask:
         self.unigram_bits = -(counts / counts.sum()).log2()  # baseline: bits of each byte id
 
     def model_config(self):
-        return presets.byte_mlm(**(dict(max_seq_len=self.config.seq_len) | self.config.model))
+        return architectures.byte_mlm(self.config.architecture, self.config.seq_len, self.config.model)
 
     def windows(self, split: str, indices) -> Tensor:
         corpus, length = self.splits[split], self.config.seq_len
@@ -161,10 +165,8 @@ class MLMTask:
         return {"inputs": inputs, "positions": positions, "labels": labels}
 
     def _logits(self, model, inputs, positions):
-        if self.config.decode == "masked":
-            return model(inputs, query_index=positions).logits
-        logits = model(inputs).logits
-        return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+        return architectures.token_logits(self.config.architecture, model, inputs, positions,
+                                          decode_all=self.config.decode == "all")
 
     def loss(self, model, batch):
         logits, labels = self._logits(model, batch["inputs"], batch["positions"]), batch["labels"]
@@ -195,4 +197,5 @@ class MLMTask:
 
     def predictions(self, model, texts: list[str]) -> list[dict]:
         """Fill each ``_`` with the model's most likely byte."""
-        return [{"text": text, "filled": fill_mask(model, text)} for text in texts]
+        return [{"text": text, "filled": fill_mask(model, text, architecture=self.config.architecture)}
+                for text in texts]

@@ -87,13 +87,22 @@ def apply_overrides(settings: dict, overrides: list[str], task_fields: list[str]
 
 
 def settings_for(task: str, data: str, preset: str, overrides=(), config_file=None, seed=None,
-                 max_steps=None) -> dict:
+                 max_steps=None, model=None) -> dict:
+    """A run's settings: the preset, then ``--config``, then ``overrides``; ``model`` picks the
+    architecture (tasks.architectures) and, when it is not the preset's, drops the preset's model
+    arguments."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
     if preset not in PRESETS[task]:
         raise ValueError(f"--preset: expected one of {sorted(PRESETS[task])} for {task}, got {preset!r}")
     base = PRESETS[task][preset]
     settings = {"task": dict(base["task"], data=data), "train": dict(base["train"])}
+    task_fields = [f.name for f in dataclasses.fields(TASKS[task][0])]
+    if model is not None:
+        if "architecture" not in task_fields:
+            raise ValueError(f"--model: the {task} job has one architecture; classify and mlm take --model")
+        if model != settings["task"].get("architecture", "perceiver-io"):
+            settings["task"].update(architecture=model, model={})
     if config_file is not None:
         loaded = json.loads(Path(config_file).read_text())
         unknown = sorted(set(loaded) - {"task", "train"})
@@ -101,7 +110,6 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
             raise ValueError(f"--config: unknown sections {unknown} in {config_file}; expected task, train")
         from_file = [f"{s}.{k}={json.dumps(v)}" for s in loaded for k, v in loaded[s].items()]
         overrides = from_file + list(overrides)
-    task_fields = [f.name for f in dataclasses.fields(TASKS[task][0])]
     settings = apply_overrides(settings, list(overrides), task_fields)
     if seed is not None:
         settings["train"]["seed"] = seed

@@ -7,6 +7,7 @@ MLP widening 4.
 
 from __future__ import annotations
 
+from perceiver.config import build
 from perceiver.hip.bottleneck import HiPClassBottleneck
 from perceiver.hip.model import HiP
 
@@ -26,17 +27,24 @@ VARIANTS = {
 }
 
 
-def build_hip(variant: str, modalities: dict[str, tuple[int, int]], *, label_modalities=(),
-              num_position_encoding_channels: int | None = None, **overrides) -> HiP:
-    """A HiP model for ``modalities`` (name -> (length, channels)); with ``label_modalities`` the
-    class-bottleneck model, whose labels enter and leave at the processor. ``overrides`` set any
-    other ``HiP.Config`` field (dropout, drop_path, processor_latents_train, ...)."""
+def hip_config(variant: str, modalities: dict[str, tuple[int, int]], *, label_modalities=(),
+               num_position_encoding_channels: int | None = None, **overrides):
+    """The config of ``build_hip``'s model (``HiP.Config``, or ``HiPClassBottleneck.Config``)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
     settings = dict(modalities={n: tuple(s) for n, s in modalities.items()},
                     num_position_encoding_channels=num_position_encoding_channels)
     settings |= VARIANTS[variant] | overrides
     if label_modalities:  # only those among the model's modalities take the class-bottleneck path
-        labels = tuple(label_modalities)
-        return HiPClassBottleneck(HiPClassBottleneck.Config(**settings, label_modalities=labels))
-    return HiP(HiP.Config(**settings))
+        return HiPClassBottleneck.Config(**settings, label_modalities=tuple(label_modalities))
+    return HiP.Config(**settings)
+
+
+def build_hip(variant: str, modalities: dict[str, tuple[int, int]], *, label_modalities=(),
+              num_position_encoding_channels: int | None = None, **overrides) -> HiP:
+    """A HiP model for ``modalities`` (name -> (length, channels)); with ``label_modalities`` the
+    class-bottleneck model, whose labels enter and leave at the processor. ``overrides`` set any
+    other ``HiP.Config`` field (dropout, drop_path, processor_latents_train, ...)."""
+    config = hip_config(variant, modalities, label_modalities=label_modalities,
+                        num_position_encoding_channels=num_position_encoding_channels, **overrides)
+    return build(config)
