@@ -4,6 +4,7 @@ import pytest
 
 from perceiver import from_dict, presets, to_dict
 from perceiver.config import REGISTRY
+from perceiver.hip import hip_config
 from perceiver.inputs import Conv1x1Adapter, ConvStemAdapter, LogMelAdapter
 from perceiver.model import Perceiver, PerceiverIO
 from perceiver.outputs import OpticalFlowOutput
@@ -18,6 +19,8 @@ CONFIGS = [
     PerceiverIO.Config(input=Conv1x1Adapter.Config(), queries=InputQueries.Config(512),
                        output=OpticalFlowOutput.Config((224, 224))),
     Perceiver.Config(input=LogMelAdapter.Config()),
+    hip_config("16", {"image": (1024, 3), "audio": (128, 16)}, num_position_encoding_channels=512),
+    hip_config("mini", {"image": (1024, 3), "label": (1, 10)}, label_modalities=("label",)),
 ]
 
 
