@@ -3,7 +3,7 @@
     perceiver convert SRC DST   # a transformers Perceiver checkpoint -> this package's format
     perceiver export SRC DST    # this package's model -> a transformers checkpoint directory
     perceiver info DIR          # the model class, config and parameter count of a saved model
-    perceiver train TASK ...    # train a job (classify, mlm, autoencode) into an output directory
+    perceiver train TASK ...    # train a job (classify, mlm, autoencode, mae) into an output directory
     perceiver evaluate DIR      # its metrics as one JSON object
     perceiver predict DIR ...   # classify a text or a file, fill masked bytes, reconstruct a sample
 """
@@ -33,6 +33,7 @@ TRAIN_EPILOG = """examples:
   perceiver train classify --data listops --preset tiny --model hip-mini --output-dir runs/hip
   perceiver predict runs/mlm --text "The Congress of the United ______ shall have power."
   perceiver train autoencode --data av-digits --preset av-digits --output-dir runs/av
+  perceiver train mae --data av-digits --preset av-digits --model hip-16 --output-dir runs/mae
   perceiver predict runs/av --sample ~/.cache/perceiver/av-digits-seed0/test/3/00012 --out recon/
 """
 
@@ -128,18 +129,18 @@ def main(argv=None) -> int:
                             description="Train a job into DIR: the latest model (perceiver."
                                         "from_pretrained(DIR)), checkpoint/ for --resume, best/, "
                                         "metrics.csv and run.json.")
-    p.add_argument("task", choices=["classify", "mlm", "autoencode"], help="the job")
+    p.add_argument("task", choices=["classify", "mlm", "autoencode", "mae"], help="the job")
     p.add_argument("--data", required=True, help="classify: listops, a datasets directory or a hub name "
                                                  "(online); mlm: sotu, a text file or a directory of .txt; "
-                                                 "autoencode: av-digits or a folder DIR/{train,validation,"
-                                                 "test}/{class}/NAME.png + NAME.wav")
+                                                 "autoencode, mae: av-digits or a folder DIR/{train,"
+                                                 "validation,test}/{class}/NAME.png + NAME.wav")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--preset", default="tiny",
-                   help="named settings (classify: tiny, listops; mlm: tiny, sotu; autoencode: tiny, "
-                        "av-digits)")
+                   help="named settings (classify: tiny, listops, manpages; mlm: tiny, sotu; autoencode: "
+                        "tiny, demo, av-digits; mae: tiny, av-digits)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--model", help="classify, mlm: perceiver-io (default) or a HiP: hip-mini, hip-16, "
-                                   "hip-256, hip-16x3")
+                                   "hip-256, hip-16x3; mae: a HiP (default hip-mini)")
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint exactly")

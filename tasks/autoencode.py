@@ -139,6 +139,18 @@ def load_folder(root, config: AutoencodeConfig):
     return datasets.DatasetDict(splits), classes, skipped
 
 
+def open_folder(config):
+    """``load_folder`` of ``config.data``: ``av-digits`` (built on first use) or a folder path."""
+    root = config.data
+    if root == "av-digits":
+        from tasks import av_digits
+
+        root = av_digits.build(cache_dir() / "av-digits-seed0")
+    if not Path(root).is_dir():
+        raise ValueError(f"data: expected av-digits or an audio-visual folder, got {config.data!r}")
+    return load_folder(root, config)
+
+
 def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
     """Per-example peak signal-to-noise ratio in dB: ``[B, ...] -> [B]``."""
     mse = (estimate - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -150,14 +162,7 @@ class AutoencodeTask:
 
     def __init__(self, config: AutoencodeConfig):
         self.config = config
-        root = config.data
-        if root == "av-digits":
-            from tasks import av_digits
-
-            root = av_digits.build(cache_dir() / "av-digits-seed0")
-        if not Path(root).is_dir():
-            raise ValueError(f"data: expected av-digits or an audio-visual folder, got {config.data!r}")
-        self.splits, self.classes, self.skipped = load_folder(root, config)
+        self.splits, self.classes, self.skipped = open_folder(config)
         self.patch = self.model_settings()["patch_size"]
         train = self.splits["train"][:]
         images = torch.from_numpy(train["image"].astype(np.float32) / 255)

@@ -14,11 +14,14 @@ from pathlib import Path
 from tasks.autoencode import AutoencodeConfig, AutoencodeTask
 from tasks.classify import ClassifyConfig, ClassifyTask
 from tasks.engine import TrainConfig, train
+from tasks.mae import MAEConfig, MAETask
 from tasks.mlm import MLMConfig, MLMTask
 
 TASKS = {"classify": (ClassifyConfig, ClassifyTask), "mlm": (MLMConfig, MLMTask),
-         "autoencode": (AutoencodeConfig, AutoencodeTask)}
+         "autoencode": (AutoencodeConfig, AutoencodeTask), "mae": (MAEConfig, MAETask)}
 TINY_MODEL = dict(dim=32, num_latents=16, latent_dim=64, num_layers=1, num_heads=2)
+TINY_HIP = dict(num_groups=(4, 1, 4), num_latents=(8, 8, 8), channels=(16, 32, 16), num_self_layers=(1, 1, 1),
+                num_self_heads=(2, 2, 2), embedding_channels=16)
 PRESETS = {
     "classify": {
         "tiny": dict(task=dict(max_seq_len=512, data_sizes={"train": 256, "validation": 64, "test": 64},
@@ -55,6 +58,14 @@ PRESETS = {
                                 save_every=250)),
         "av-digits": dict(task=dict(label_mask_prob=0.8),
                           train=dict(max_steps=3000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
+                                     save_every=250)),
+    },
+    "mae": {
+        "tiny": dict(task=dict(model=TINY_HIP),
+                     train=dict(max_steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10,
+                                save_every=10, log_every=5)),
+        "av-digits": dict(task=dict(),
+                          train=dict(max_steps=2000, batch_size=32, lr=5e-4, warmup_steps=200, eval_every=250,
                                      save_every=250)),
     },
 }
@@ -99,11 +110,13 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
         raise ValueError(f"--preset: expected one of {sorted(PRESETS[task])} for {task}, got {preset!r}")
     base = PRESETS[task][preset]
     settings = {"task": dict(base["task"], data=data), "train": dict(base["train"])}
-    task_fields = [f.name for f in dataclasses.fields(TASKS[task][0])]
+    defaults = {f.name: f.default for f in dataclasses.fields(TASKS[task][0])}
+    task_fields = list(defaults)
     if model is not None:
         if "architecture" not in task_fields:
-            raise ValueError(f"--model: the {task} job has one architecture; classify and mlm take --model")
-        if model != settings["task"].get("architecture", "perceiver-io"):
+            raise ValueError(f"--model: the {task} job has one architecture; classify, mlm and mae take "
+                             "--model")
+        if model != settings["task"].get("architecture", defaults["architecture"]):
             settings["task"].update(architecture=model, model={})
     if config_file is not None:
         loaded = json.loads(Path(config_file).read_text())
