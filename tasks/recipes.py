@@ -67,6 +67,11 @@ PRESETS = {
         "av-digits": dict(task=dict(),
                           train=dict(max_steps=2000, batch_size=32, lr=5e-4, warmup_steps=200, eval_every=250,
                                      save_every=250)),
+        # a CPU-sized HiP (channels 64/256/64): 61 examples/s on 2 cores, where hip-mini trains at 3.3
+        "av-digits-small": dict(task=dict(model=dict(channels=(64, 256, 64), num_latents=(32, 64, 32),
+                                                     num_self_heads=(4, 8, 4), num_self_layers=(1, 2, 1))),
+                                train=dict(max_steps=3000, batch_size=32, lr=1e-3, warmup_steps=100,
+                                           eval_every=250, save_every=250)),
     },
 }
 
