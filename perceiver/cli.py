@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--preset", default="tiny",
                    help="named settings (classify: tiny, listops, manpages; mlm: tiny, sotu; autoencode: "
-                        "tiny, demo, av-digits; mae: tiny, av-digits)")
+                        "tiny, demo, av-digits; mae: tiny, av-digits, av-digits-small)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--model", help="classify, mlm: perceiver-io (default) or a HiP: hip-mini, hip-16, "
                                    "hip-256, hip-16x3; mae: a HiP (default hip-mini)")
