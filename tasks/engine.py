@@ -137,6 +137,7 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
     from tqdm.auto import tqdm
 
     from perceiver.config import build
+    from perceiver.layers import SelfAttentionStack
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -144,11 +145,10 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
                           else config.device)
     torch.manual_seed(config.seed)
     model_config = task.model_config()
-    if hasattr(model_config, "encoder"):  # Perceiver IO
-        model_config.encoder.checkpointing = config.activation_checkpointing
-    else:  # HiP
-        model_config.checkpointing = config.activation_checkpointing
     model = build(model_config).to(device)
+    for module in model.modules():  # every model's self-attention stacks (and what keys off them)
+        if isinstance(module, SelfAttentionStack):
+            module.checkpointing = config.activation_checkpointing
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, best = 0, {"value": None, "step": None}
     if resume:

@@ -16,10 +16,8 @@ from torch import Tensor, nn
 
 from perceiver.config import register
 from perceiver.hip.blocks import regroup
-from perceiver.hip.grouping import GroupLayout
 from perceiver.hip.model import HiP, truncated_normal_
 from perceiver.layers import CrossAttentionLayer
-from perceiver.model import PerceiverOutput
 
 
 @register("hip_class_bottleneck")
@@ -59,38 +57,31 @@ class HiPClassBottleneck(HiP):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def forward(self, inputs: dict[str, Tensor]) -> PerceiverOutput:
+    def encoded(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if not isinstance(inputs, dict):
             raise ValueError(f"inputs: expected a dict of tensors, got {type(inputs).__name__}")
-        labels = {n: x for n, x in inputs.items() if n in self.label_sizes}
-        for name, x in labels.items():
+        for name, x in self.labels(inputs).items():
             length, channels = self.label_sizes[name]
             if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (length, channels):
                 shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
                 raise ValueError(f"inputs[{name!r}]: expected shape [B, {length}, {channels}], got {shape}")
-        tokens, queries = self.embed_inputs({n: x for n, x in inputs.items() if n not in self.label_sizes})
-        layout = GroupLayout.plan({n: t.shape[1] for n, t in tokens.items()}, self.config.num_groups[0])
-        z = layout.group(tokens)
-        outputs, decoded_labels = [], {}
-        for i, block in enumerate(self.blocks):
-            skip = outputs[len(self.blocks) - 1 - i] if i > self.processor else None
-            if i == self.processor and labels:
-                label_tokens = [self.label_embed[n](x) + self.label_positions[n].to(x.dtype)
-                                for n, x in labels.items()]
-                z = torch.cat([regroup(z, 1), torch.cat(label_tokens, dim=1)[:, None]], dim=2)
-            z = block(z, skip)
-            outputs.append(z)
-            if i == self.processor:
-                decoded_labels = self.read_labels(labels, z)
-        q = layout.group(queries)
-        y = self.head(q.flatten(0, 1), z.flatten(0, 1)).unflatten(0, q.shape[:2])
-        logits = {n: self.unembed[n](v) for n, v in layout.ungroup(y).items()}
-        return PerceiverOutput(logits=logits | decoded_labels, latents=z)
+        return {n: x for n, x in inputs.items() if n not in self.label_sizes}
 
-    def read_labels(self, labels: dict[str, Tensor], z: Tensor) -> dict[str, Tensor]:
+    def labels(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {n: x for n, x in inputs.items() if n in self.label_sizes}
+
+    def enter_processor(self, z: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """The label tokens appended to the latents entering the processor: ``[B, 1, N + L, C]``."""
+        labels = self.labels(inputs)
+        if not labels:
+            return z
+        tokens = [self.label_embed[n](x) + self.label_positions[n].to(x.dtype) for n, x in labels.items()]
+        return torch.cat([regroup(z, 1), torch.cat(tokens, dim=1)[:, None]], dim=2)
+
+    def leave_processor(self, z: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each given label modality read out of the processor's output ``z [B, 1, N, C]``."""
         out = {}
-        for name, x in labels.items():
+        for name, x in self.labels(inputs).items():
             q = self.label_positions[name].to(z.dtype).expand(x.shape[0], -1, -1)
             out[name] = self.label_unembed[name](self.label_head(q, z[:, 0]))
         return out

@@ -103,18 +103,33 @@ class HiP(PretrainedMixin, nn.Module):
         return table if self.position_projection is None else self.position_projection[name](table)
 
     def forward(self, inputs: dict[str, Tensor]) -> PerceiverOutput:
-        tokens, queries = self.embed_inputs(inputs)
+        tokens, queries = self.embed_inputs(self.encoded(inputs))
         layout = GroupLayout.plan({n: t.shape[1] for n, t in tokens.items()}, self.config.num_groups[0])
-        z = layout.group(tokens)
-        outputs = []
+        z, outputs, read_out = layout.group(tokens), [], {}
         for i, block in enumerate(self.blocks):
             skip = outputs[len(self.blocks) - 1 - i] if i > self.processor else None
+            if i == self.processor:
+                z = self.enter_processor(z, inputs)
             z = block(z, skip)
             outputs.append(z)
+            if i == self.processor:
+                read_out = self.leave_processor(z, inputs)
         q = layout.group(queries)
         y = self.head(q.flatten(0, 1), z.flatten(0, 1)).unflatten(0, q.shape[:2])
-        decoded = layout.ungroup(y)
-        return PerceiverOutput(logits={n: self.unembed[n](v) for n, v in decoded.items()}, latents=z)
+        logits = {n: self.unembed[n](v) for n, v in layout.ungroup(y).items()}
+        return PerceiverOutput(logits=logits | read_out, latents=z)
+
+    # Hooks for variants that treat some modalities apart (HiPClassBottleneck): which inputs go
+    # through the encoder, what joins the latents entering the processor, and what is read out
+    # of its output.
+    def encoded(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return inputs
+
+    def enter_processor(self, z: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        return z
+
+    def leave_processor(self, z: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}
 
     def embed_inputs(self, inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if not isinstance(inputs, dict) or not inputs:

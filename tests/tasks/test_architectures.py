@@ -8,16 +8,9 @@ import torch
 import perceiver
 from perceiver.cli import main
 from perceiver.hip import HiP, HiPClassBottleneck
-from tasks import architectures
+from tasks import architectures, recipes
 
-TINY_HIP = ["model.num_groups=[4,1,4]", "model.num_latents=[8,8,8]", "model.channels=[16,32,16]",
-            "model.num_self_layers=[1,1,1]", "model.num_self_heads=[2,2,2]", "model.embedding_channels=16"]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    return tmp_path
+TINY_HIP = [f"model.{key}={json.dumps(value)}" for key, value in recipes.TINY_HIP.items()]
 
 
 def test_classify_with_a_hip_trains_resumes_evaluates_and_predicts(cache, capsys):

@@ -3,18 +3,11 @@
 import json
 
 import datasets
-import pytest
 import torch
 
 import perceiver
 from perceiver.cli import main
 from tasks.classify import confusion
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_train_resume_evaluate_predict_on_listops(cache, capsys):
