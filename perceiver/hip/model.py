@@ -177,4 +177,14 @@ def block_configs(config: HiP.Config) -> list[BlockConfig]:
         overrides = (dict(num_latents_train=config.processor_latents_train,
                           num_latents_eval=config.processor_latents_eval) if i == processor else {})
         blocks.append(BlockConfig(g, n, c, layers, heads, **overrides))
+    for i in range(1, len(blocks)):  # each block regroups the previous block's G x N latents
+        before, groups = blocks[i - 1], blocks[i].num_groups
+        for n in sorted({before.latents_train, before.latents_eval}):
+            if (before.num_groups * n) % groups:
+                raise ValueError(f"num_groups: expected block {i}'s group count to divide the "
+                                 f"{before.num_groups} x {n} latents of block {i - 1}, got {groups}")
+    first, last = config.num_groups[0], config.num_groups[-1]
+    if last != first:  # the head reads the last latents group by group
+        raise ValueError(f"num_groups: expected the last block to have the first block's {first} "
+                         f"groups, got {last}")
     return blocks

@@ -35,7 +35,7 @@ def test_latent_overrides_change_the_table_only_for_evaluation_counts():
 
 @pytest.mark.parametrize("variant, overrides", [
     ("mini", {}), ("mini", {"processor_latents_train": 32}), ("mini", {"processor_latents_eval": 128}),
-    ("16", {}), ("256", {}), ("mini", {"transpose_regroup": True}),
+    ("16", {}), ("256", {}), ("16x3", {}), ("mini", {"transpose_regroup": True}),
 ])
 def test_reconstructions_have_the_input_shapes_in_train_and_eval(variant, overrides):
     torch.manual_seed(0)
@@ -117,6 +117,12 @@ def test_more_modalities_than_groups_and_bad_block_tuples_are_refused():
         model({n: torch.randn(1, 4, 1) for n in many})
     with pytest.raises(ValueError, match="expected 1 group in the processor"):
         build_hip("mini", MODALITIES, num_groups=(16, 2, 16))
+    with pytest.raises(ValueError, match="group count to divide the 1 x 64 latents of block 1, got 6"):
+        build_hip("mini", MODALITIES, num_groups=(16, 1, 6))
+    with pytest.raises(ValueError, match="divide the 1 x 20 latents of block 1, got 16"):
+        build_hip("mini", MODALITIES, processor_latents_train=20)
+    with pytest.raises(ValueError, match="the last block to have the first block's 16 groups, got 8"):
+        build_hip("mini", MODALITIES, num_groups=(16, 1, 8))
     with pytest.raises(ValueError, match="variant: expected one of"):
         build_hip("huge", MODALITIES)
 
