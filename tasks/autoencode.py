@@ -7,7 +7,8 @@ files are decoded by ``num_workers`` processes into Arrow tables.
 
 Training decodes a random ``query_fraction`` of the image and audio queries of each example, as
 the paper trains on subsampled outputs, and masks each example's label with probability
-``label_mask_prob``. The loss is each modality's MSE divided by the MSE of the training set's
+``label_mask_prob``; ``shift_pixels`` / ``shift_samples`` move each training image and waveform
+by a random offset (augmentation: the label overfits 4,000 examples without it). The loss is each modality's MSE divided by the MSE of the training set's
 mean (so both modalities count by their improvement over that baseline, whatever their scale),
 plus ``label_weight`` times the label's cross-entropy. Evaluation decodes everything with every
 label masked, so label accuracy measures what the model infers from image and audio. Metrics:
@@ -41,6 +42,8 @@ class AutoencodeConfig:
     query_fraction: float = 0.5  # share of image and audio queries decoded per training example
     label_mask_prob: float = 0.5  # training: chance that an example's label is masked
     label_weight: float = 0.1  # weight of the label's cross-entropy beside the two relative MSEs
+    shift_pixels: int = 0  # training: move each image by up to this many pixels (zeros enter)
+    shift_samples: int = 0  # training: delay or advance each waveform by up to this many samples
     skip_bad: bool = False  # drop unreadable records (and report how many) instead of failing
     num_workers: int = 2  # processes decoding PNG/WAV files
     model: dict = field(default_factory=dict)  # presets.multimodal_autoencoder arguments
@@ -189,6 +192,8 @@ class AutoencodeTask:
 
     def train_batch(self, indices, generator=None):
         inputs = self._arrays(self.splits["train"][indices])
+        inputs["image"] = shift(inputs["image"], self.config.shift_pixels, (-2, -1), generator)
+        inputs["audio"] = shift(inputs["audio"], self.config.shift_samples, (-1,), generator)
         batch = len(indices)
         sizes = {"image": inputs["image"][0, 0].numel() // self.patch**2,
                  "audio": self.config.num_samples // self.model_settings()["samples_per_patch"]}
@@ -274,6 +279,22 @@ class AutoencodeTask:
                  "audio_psnr": round(float(psnr(out["audio"][i:i + 1], inputs["audio"][i:i + 1])), 2),
                  "outputs": [str(p) for p in paths if p.name.startswith(Path(stem).name + "-")]}
                 for i, (stem, p) in enumerate(zip(stems, out["label"], strict=True))]
+
+
+def shift(x: torch.Tensor, most: int, dims: tuple[int, ...], generator=None) -> torch.Tensor:
+    """Each example of ``x [B, ...]`` moved along the (negative) ``dims`` by its own random offsets
+    in ``[-most, most]``, zeros filling what is uncovered (training augmentation: the autoencoder
+    reconstructs the moved input, and the label must survive the move)."""
+    if most <= 0:
+        return x
+    offsets = torch.randint(-most, most + 1, (len(x), len(dims)), generator=generator).tolist()
+    moved = []
+    for example, offset in zip(x, offsets, strict=True):
+        pad = [0] * (2 * max(-d for d in dims))  # F.pad: (left, right) per dim, last dim first
+        for d, o in zip(dims, offset, strict=True):
+            pad[2 * (-d - 1)], pad[2 * (-d - 1) + 1] = o, -o  # a negative pad crops
+        moved.append(F.pad(example, pad))
+    return torch.stack(moved)
 
 
 def save_reconstructions(out, inputs, directory, classes, names=None) -> list[Path]:

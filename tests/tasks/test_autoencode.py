@@ -12,7 +12,7 @@ from PIL import Image
 
 from perceiver import PerceiverIO
 from perceiver.cli import main
-from tasks.autoencode import AutoencodeConfig, AutoencodeTask, psnr, read_png, read_wav
+from tasks.autoencode import AutoencodeConfig, AutoencodeTask, psnr, read_png, read_wav, shift
 from tasks.av_digits import write_wav
 
 SHAPE, RATE, SAMPLES = (8, 8), 8000, 256
@@ -50,6 +50,32 @@ def test_psnr_matches_the_formula():
     estimate = target + torch.tensor([0.1, 0.01, 0.3], dtype=torch.float64)[:, None, None, None]
     torch.testing.assert_close(psnr(estimate, target), torch.tensor([20.0, 40.0, -20 * math.log10(0.3)],
                                                                     dtype=torch.float64))
+
+
+def moved(x, offsets):
+    """Reference for ``shift``: ``x`` moved by ``offsets`` along its trailing dims, zero-filled."""
+    out = torch.zeros_like(x)
+    target = [slice(None)] * (x.dim() - len(offsets))
+    source = list(target)
+    for o, size in zip(offsets, x.shape[-len(offsets):], strict=True):
+        target.append(slice(max(o, 0), size + min(o, 0)))
+        source.append(slice(max(-o, 0), size - max(o, 0)))
+    out[tuple(target)] = x[tuple(source)]
+    return out
+
+
+@pytest.mark.parametrize("shape, dims", [((1, 5, 5), (-2, -1)), ((7,), (-1,))])
+def test_shift_moves_each_example_by_its_own_offsets_in_range(shape, dims):
+    x = torch.arange(1, 1 + 300 * math.prod(shape)).float().view(300, *shape)
+    y = shift(x, 2, dims, torch.Generator().manual_seed(0))
+    offsets = [[(a,), (a, b)][len(dims) - 1] for a in range(-2, 3) for b in range(-2, 3)]
+    seen = set()
+    for original, result in zip(x, y, strict=True):
+        matches = [o for o in set(offsets) if torch.equal(result, moved(original, o))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == len(set(offsets))  # every offset in [-2, 2] occurs
+    assert shift(x, 0, dims) is x
 
 
 def test_folder_is_read_in_class_order_with_short_clips_zero_padded(folder):
@@ -142,7 +168,7 @@ def test_train_resume_evaluate_predict_from_the_command_line(folder, tmp_path, c
     out = tmp_path / "run"
     common = ["train", "autoencode", "--data", str(folder), "--preset", "tiny", "--output-dir", str(out),
               "--quiet", f"task.image_shape={list(SHAPE)}", f"task.num_samples={SAMPLES}",
-              "task.num_workers=1",
+              "task.num_workers=1", "task.shift_pixels=1", "task.shift_samples=4",
               "model.patch_size=2", "train.batch_size=8", "train.eval_every=3", "train.save_every=3"]
     assert main(common + ["--max-steps", "3"]) == 0
     assert main(common + ["--max-steps", "6", "--resume"]) == 0
