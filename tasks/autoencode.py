@@ -8,9 +8,10 @@ files are decoded by ``num_workers`` processes into Arrow tables.
 Training decodes a random ``query_fraction`` of the image and audio queries of each example, as
 the paper trains on subsampled outputs, and masks each example's label with probability
 ``label_mask_prob``; ``shift_pixels`` / ``shift_samples`` move each training image and waveform
-by a random offset (augmentation: the label overfits 4,000 examples without it). The loss is each modality's MSE divided by the MSE of the training set's
-mean (so both modalities count by their improvement over that baseline, whatever their scale),
-plus ``label_weight`` times the label's cross-entropy. Evaluation decodes everything with every
+by a random offset (augmentation: the label overfits 4,000 examples without it). The loss is
+each modality's MSE divided by the MSE of the training set's mean (so both modalities count by
+their improvement over that baseline, whatever their scale), plus ``label_weight`` times the
+label's cross-entropy. Evaluation decodes everything with every
 label masked, so label accuracy measures what the model infers from image and audio. Metrics:
 PSNR of image (pixels in [0, 1]) and audio (full scale 1), each beside the PSNR of the training
 set's mean image / mean waveform, and label accuracy.
