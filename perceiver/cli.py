@@ -64,13 +64,20 @@ def info(args) -> None:
                       "config": to_dict(model.config)}, indent=2))
 
 
-def train(args) -> None:
+def train(args) -> int:
+    from tasks.engine import Stopped
     from tasks.recipes import run_train, settings_for
 
-    settings = settings_for(args.task, args.data, args.preset, args.overrides, args.config, args.seed,
+    overrides = list(args.overrides) + ([f"train.save_every={args.save_every}"] if args.save_every else [])
+    settings = settings_for(args.task, args.data, args.preset, overrides, args.config, args.seed,
                             args.max_steps, args.model)
-    metrics = run_train(settings, args.output_dir, resume=args.resume, progress=not args.quiet)
+    try:
+        metrics = run_train(settings, args.output_dir, resume=args.resume, progress=not args.quiet)
+    except Stopped as stop:  # by SIGTERM / SIGINT, after saving a checkpoint
+        print(f"perceiver train: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+    return 0
 
 
 def evaluate(args) -> None:
@@ -139,6 +146,8 @@ def main(argv=None) -> int:
                    help="named settings (classify: tiny, listops, manpages; mlm: tiny, sotu; autoencode: "
                         "tiny, demo, av-digits; mae: tiny, av-digits, av-digits-small)")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-every", type=int, metavar="N", help="write a checkpoint every N steps "
+                   "(train.save_every); SIGTERM / SIGINT also write one, then stop")
     p.add_argument("--model", help="classify, mlm: perceiver-io (default) or a HiP: hip-mini, hip-16, "
                                    "hip-256, hip-16x3; mae: a HiP (default hip-mini)")
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")
@@ -180,11 +189,10 @@ def main(argv=None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        args.run(args)
+        return args.run(args) or 0
     except ValueError as error:
         print(f"perceiver {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

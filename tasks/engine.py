@@ -23,6 +23,11 @@ Data order is a pure function of the seed and the step (a fresh permutation per 
 learning rate a pure function of the step, and the RNG states are checkpointed, so a run stopped
 at step k and resumed ends with the same weights as an uninterrupted run (on CPU). A batch's
 random draws (masks, query subsets) come from a generator seeded by its micro-step.
+
+SIGTERM or SIGINT lets the current step finish, saves a checkpoint and raises ``Stopped`` (a
+second signal interrupts at once). A non-finite loss or gradient norm stops the run with the last
+checkpoint intact, or with ``on_nonfinite="skip"`` drops that step's update (at most
+``MAX_SKIPS_IN_A_ROW`` in a row).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +68,54 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
     num_workers: int = 1  # processes assembling training batches (0: in the training process)
+    on_nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop", or "skip" the update
+
+    def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
+
+
+MAX_SKIPS_IN_A_ROW = 10
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(Exception):
+    """Training stopped by a signal after saving a checkpoint: continue with ``resume=True``."""
+
+    def __init__(self, signum: int, step: int, directory: Path):
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved "
+                         f"in {str(directory)!r}; continue with --resume")
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Yields a list that collects SIGTERM / SIGINT numbers instead of dying on them; a second
+    signal raises ``KeyboardInterrupt`` at once. Only the main thread can take signals."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        received.append(signum)
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Batch workers leave SIGTERM / SIGINT to the training process, which stops them itself."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Task(Protocol):
@@ -133,13 +189,18 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool = False,
           run_info: dict | None = None, progress: bool = True) -> dict[str, float]:
-    """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics."""
+    """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics.
+    Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives."""
+    with stop_requests() as received:
+        return _train(task, config, Path(output_dir), resume, run_info, progress, received)
+
+
+def _train(task, config, output_dir, resume, run_info, progress, stop_signals):
     from tqdm.auto import tqdm
 
     from perceiver.config import build
     from perceiver.layers import SelfAttentionStack
 
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
                           else config.device)
@@ -190,8 +251,9 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
     batches = iter(torch.utils.data.DataLoader(
         MicroBatches(task, config, start * config.accumulate, config.max_steps * config.accumulate),
         batch_size=None, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_stop_signals,
         generator=torch.Generator().manual_seed(config.seed)))  # leaves the global RNG (dropout) alone
-    seen, began, metrics = 0, time.perf_counter(), {}
+    seen, began, metrics, skips_in_a_row = 0, time.perf_counter(), {}, 0
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
@@ -204,22 +266,31 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
             for k, v in ({"loss": loss.item()} | parts).items():
                 totals[k] = totals.get(k, 0.0) + v / config.accumulate
             seen += config.batch_size
-        if config.grad_clip:
-            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-        if not math.isfinite(totals["loss"]):
-            raise FloatingPointError(f"step {step + 1}: loss is {totals['loss']}; stopping, the last "
-                                     f"checkpoint in {output_dir / 'checkpoint'} is intact")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                                   config.grad_clip or math.inf))
         done = step + 1
+        bad = [f"{k} is {totals[k]}" for k in ("loss", "grad_norm") if not math.isfinite(totals[k])]
+        skips_in_a_row = skips_in_a_row + 1 if bad else 0
+        if bad and (config.on_nonfinite == "stop" or skips_in_a_row > MAX_SKIPS_IN_A_ROW):
+            many = f" ({skips_in_a_row} steps in a row)" if skips_in_a_row > 1 else ""
+            raise FloatingPointError(f"step {done}: {', '.join(bad)}{many}; stopping, the last checkpoint "
+                                     f"in {str(output_dir / 'checkpoint')!r} is intact")
+        if bad:
+            print(f"step {done}: {', '.join(bad)}; update skipped (train.on_nonfinite=skip)", file=sys.stderr)
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         rate = seen / max(1e-9, time.perf_counter() - began)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", ex_per_s=f"{rate:.1f}")
         if done % config.log_every == 0 or done == config.max_steps:
             log.write(done, "train", totals | {"lr": learning_rate(step, config), "examples_per_s": rate})
         if done % config.eval_every == 0 or done == config.max_steps:
             metrics = evaluate(done)
-        if done % config.save_every == 0 or done == config.max_steps:
+        if done % config.save_every == 0 or done == config.max_steps or stop_signals:
             checkpoint(done)
+        if stop_signals:
+            log.close()
+            raise Stopped(stop_signals[0], done, output_dir / "checkpoint")
     log.close()
     model.eval()
     if start >= config.max_steps:  # nothing left to train: still report the metrics

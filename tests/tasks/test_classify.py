@@ -1,6 +1,12 @@
 """The classification job end to end from the command line, on the tiny preset."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import datasets
 import torch
@@ -66,3 +72,27 @@ def test_bad_records_are_named_or_skipped_and_counted(cache, capsys):
 def test_confusion_matrix_counts():
     predicted, labels = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
     assert confusion(predicted, labels, 3).tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
+
+
+def test_sigterm_stops_the_command_with_a_checkpoint_and_resume_continues(cache, capsys):
+    texts = ["spam spam eggs", "ham and cheese", "eggs spam", "cheese ham"] * 8
+    table = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(32)]})
+    datasets.DatasetDict(train=table, validation=table).save_to_disk(str(cache / "data"))
+    out = cache / "run"
+    args = ["train", "classify", "--data", str(cache / "data"), "--preset", "tiny", "--output-dir", str(out),
+            "--quiet", "--save-every", "1000", "train.num_workers=2", "train.log_every=1"]
+    env = os.environ | {"PERCEIVER_CACHE": str(cache / "cache"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "perceiver", *args, "--max-steps", "100000"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").is_file() or "train" not in (out / "metrics.csv").read_text():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    step = int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint saved", err).group(1))
+    assert json.loads((out / "checkpoint/trainer.json").read_text())["step"] == step
+    assert json.loads((out / "run.json").read_text())["train"]["save_every"] == 1000
+    assert main([*args, "--resume", "--max-steps", str(step + 2)]) == 0
+    assert json.loads((out / "checkpoint/trainer.json").read_text())["step"] == step + 2

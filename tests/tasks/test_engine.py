@@ -2,6 +2,8 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from perceiver import presets
-from tasks.engine import TrainConfig, batch_indices, learning_rate, train
+from tasks.engine import Stopped, TrainConfig, batch_indices, learning_rate, train
 from tasks.state import find_checkpoint, save_checkpoint
 
 
@@ -18,11 +20,14 @@ class CountTask:
 
     best_metric = "accuracy"
 
-    def __init__(self, crash_at=None, nan_at=None):
+    def __init__(self, crash_at=None, nan_at=(), signals=(), nan_grad_at=()):
         g = torch.Generator().manual_seed(0)
         self.ids = torch.randint(6, 16, (96, 24), generator=g)
         self.labels = (self.ids == 7).any(-1).long()
-        self.crash_at, self.nan_at, self.calls = crash_at, nan_at, 0
+        self.crash_at, self.calls = crash_at, 0
+        self.nan_at = {nan_at} if isinstance(nan_at, int) else set(nan_at)
+        self.nan_grad_at, self.signals = set(nan_grad_at), dict(signals)  # call -> signal to send
+        self.weights = {}  # call -> a copy of the weights when it began
 
     def model_config(self):
         config = presets.byte_classifier(num_classes=2, max_seq_len=24, dim=16, num_latents=4, latent_dim=32,
@@ -41,10 +46,15 @@ class CountTask:
         self.calls += 1
         if self.calls == self.crash_at:
             raise KeyboardInterrupt("simulated crash")
+        if self.calls in self.signals:
+            os.kill(os.getpid(), self.signals[self.calls])
+        self.weights[self.calls] = torch.cat([p.detach().flatten() for p in model.parameters()])
         logits = model(batch["inputs"]).logits + batch["noise"][:, None] * 1e-3
         loss = F.cross_entropy(logits, batch["labels"])
-        if self.calls == self.nan_at:
+        if self.calls in self.nan_at:
             loss = loss * float("nan")
+        if self.calls in self.nan_grad_at:  # a finite loss whose gradient is not: d sqrt(x)/dx at 0
+            loss = loss + torch.sqrt((logits * 0).sum())
         return loss, {}
 
     def evaluate(self, model, split="validation"):
@@ -126,9 +136,46 @@ def test_best_model_is_kept(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    with pytest.raises(FloatingPointError, match=r"step 6: loss is nan; .* checkpoint .* is intact"):
+    with pytest.raises(FloatingPointError, match=r"step 6: loss is nan, grad_norm is nan; .* checkpoint .* "
+                                                 "is intact"):
         train(CountTask(nan_at=11), CONFIG, tmp_path, progress=False)
     assert json.loads((tmp_path / "checkpoint/trainer.json").read_text())["step"] == 4
+    with pytest.raises(FloatingPointError, match=r"step 3: grad_norm is nan; stopping"):
+        train(CountTask(nan_grad_at=[6]), CONFIG, tmp_path / "grad", progress=False)
+
+
+def test_non_finite_steps_can_be_skipped(tmp_path, capsys):
+    config = dataclasses.replace(CONFIG, on_nonfinite="skip")
+    task = CountTask(nan_at=[11], nan_grad_at=[15])  # steps 6 and 8 (two micro-batches per step)
+    train(task, config, tmp_path, progress=False)
+    w = task.weights  # w[c]: the weights when micro-batch call c began
+    assert torch.equal(w[11], w[13]) and torch.equal(w[15], w[17])  # steps 6 and 8 left them alone
+    assert not torch.equal(w[13], w[15]) and torch.isfinite(w[23]).all()
+    optimizer = load_file(tmp_path / "checkpoint/optimizer.safetensors")
+    assert optimizer["optimizer.0.step"].item() == CONFIG.max_steps - 2  # Adam saw 10 updates
+    assert "step 6: loss is nan, grad_norm is nan; update skipped" in capsys.readouterr().err
+    with pytest.raises(FloatingPointError, match=r"step 11: loss is nan, .* \(11 steps in a row\)"):
+        train(CountTask(nan_at=range(1, 100)), config, tmp_path / "all", progress=False)
+    with pytest.raises(ValueError, match="on_nonfinite: expected 'stop' or 'skip', got 'ignore'"):
+        TrainConfig(on_nonfinite="ignore")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_stops_and_resume_is_exact(tmp_path, signum):
+    train(CountTask(), CONFIG, tmp_path / "straight", progress=False)
+    before = signal.getsignal(signum)
+    with pytest.raises(Stopped, match=f"stopped by {signum.name} after step 7; checkpoint saved"):
+        train(CountTask(signals={13: signum}), CONFIG, tmp_path / "stopped", progress=False)
+    assert json.loads((tmp_path / "stopped/checkpoint/trainer.json").read_text())["step"] == 7
+    assert signal.getsignal(signum) == before  # the previous handler is back
+    train(CountTask(), CONFIG, tmp_path / "stopped", resume=True, progress=False)
+    straight, resumed = (load_file(tmp_path / f"{d}/model.safetensors") for d in ("straight", "stopped"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_second_signal_interrupts_at_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM received twice"):
+        train(CountTask(signals={5: signal.SIGTERM, 6: signal.SIGTERM}), CONFIG, tmp_path, progress=False)
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
