@@ -35,6 +35,8 @@ TRAIN_EPILOG = """examples:
   perceiver train autoencode --data av-digits --preset av-digits --output-dir runs/av
   perceiver train mae --data av-digits --preset av-digits --model hip-16 --output-dir runs/mae
   perceiver predict runs/av --sample ~/.cache/perceiver/av-digits-seed0/test/3/00012 --out recon/
+  torchrun --nproc-per-node 2 -m perceiver train mlm --data sotu --preset sotu --output-dir runs/ddp
+  torchrun --nproc-per-node 8 -m perceiver train mlm --data sotu --strategy fsdp --output-dir runs/fsdp
 """
 
 
@@ -69,6 +71,7 @@ def train(args) -> int:
     from tasks.recipes import run_train, settings_for
 
     overrides = list(args.overrides) + ([f"train.save_every={args.save_every}"] if args.save_every else [])
+    overrides += [f"train.strategy={args.strategy}"] if args.strategy else []
     settings = settings_for(args.task, args.data, args.preset, overrides, args.config, args.seed,
                             args.max_steps, args.model)
     try:
@@ -148,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--save-every", type=int, metavar="N", help="write a checkpoint every N steps "
                    "(train.save_every); SIGTERM / SIGINT also write one, then stop")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], help="under torchrun: replicate the model "
+                   "(ddp, the default) or shard it (fsdp, FSDP2); train.batch_size stays the global batch")
     p.add_argument("--model", help="classify, mlm: perceiver-io (default) or a HiP: hip-mini, hip-16, "
                                    "hip-256, hip-16x3; mae: a HiP (default hip-mini)")
     p.add_argument("--config", help="JSON file with {'task': {...}, 'train': {...}} settings")

@@ -3,9 +3,9 @@
 A job is a ``Task``: it builds the model config, turns example indices into a batch, computes the
 loss of a batch and evaluates a split. The engine does the rest: AdamW with linear warm-up and
 cosine decay, gradient accumulation and clipping, bf16 autocast, activation checkpointing and
-torch.compile switches, a progress bar, metrics, checkpoints every
-``save_every`` steps and at the end, the best model by the task's validation metric, and exact
-resumption.
+torch.compile switches, a progress bar, metrics, checkpoints every ``save_every`` steps and at the
+end, the best model by the task's validation metric, exact resumption, and several processes
+under torchrun (``tasks.distributed``: DDP or FSDP2; ``batch_size`` is the global batch).
 
 Output directory::
 
@@ -20,9 +20,10 @@ Output directory::
 Batches are assembled by ``num_workers`` worker processes while the model trains.
 
 Data order is a pure function of the seed and the step (a fresh permutation per epoch), the
-learning rate a pure function of the step, and the RNG states are checkpointed, so a run stopped
-at step k and resumed ends with the same weights as an uninterrupted run (on CPU). A batch's
-random draws (masks, query subsets) come from a generator seeded by its micro-step.
+learning rate a pure function of the step, and every random draw is seeded by the seed, the
+micro-step and the process's rank: a batch's draws (masks, query subsets) by a generator of its
+own, dropout by reseeding the global RNG before each micro-batch. So a run stopped at step k and
+resumed ends with the same weights as an uninterrupted run (on CPU).
 
 SIGTERM or SIGINT lets the current step finish, saves a checkpoint and raises ``Stopped`` (a
 second signal interrupts at once). A non-finite loss or gradient norm stops the run with the last
@@ -33,11 +34,11 @@ checkpoint intact, or with ``on_nonfinite="skip"`` drops that step's update (at 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,8 +46,10 @@ from typing import Protocol
 
 import torch
 
+from tasks.distributed import STRATEGIES, Processes
 from tasks.metrics_log import MetricsLog
 from tasks.state import find_checkpoint, load_checkpoint, save_checkpoint
+from tasks.stopping import Stopped, ignore_stop_signals, stop_requests
 
 
 @dataclass
@@ -69,53 +72,16 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda if available, else cpu
     num_workers: int = 1  # processes assembling training batches (0: in the training process)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop", or "skip" the update
+    strategy: str = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (sharded, FSDP2)
 
     def __post_init__(self):
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {list(STRATEGIES)}, got {self.strategy!r}")
 
 
 MAX_SKIPS_IN_A_ROW = 10
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Stopped(Exception):
-    """Training stopped by a signal after saving a checkpoint: continue with ``resume=True``."""
-
-    def __init__(self, signum: int, step: int, directory: Path):
-        self.signum, self.step = signum, step
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved "
-                         f"in {str(directory)!r}; continue with --resume")
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """Yields a list that collects SIGTERM / SIGINT numbers instead of dying on them; a second
-    signal raises ``KeyboardInterrupt`` at once. Only the main thread can take signals."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-
-    def handler(signum, frame):
-        if received:
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
-        received.append(signum)
-
-    for s in STOP_SIGNALS:
-        signal.signal(s, handler)
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Batch workers leave SIGTERM / SIGINT to the training process, which stops them itself."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
 
 
 class Task(Protocol):
@@ -154,14 +120,22 @@ def batch_indices(micro_step: int, num_examples: int, batch_size: int, seed: int
     return order[position * batch_size:(position + 1) * batch_size].tolist()
 
 
-class MicroBatches(torch.utils.data.Dataset):
-    """Micro-batch ``i`` of a run from ``start``: its examples and its random draws (masks, query
-    subsets) are pure functions of the seed and the micro-step, so workers may build them in any
-    order and a resumed run sees the batches an uninterrupted one would."""
+def derived_seed(*parts) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (the run's seed, a purpose, a micro-step,
+    a rank), the same in every process and on every machine."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    def __init__(self, task: Task, config: TrainConfig, start: int, stop: int):
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch ``i`` of a run from ``start``, this process's slice of it: its examples and its
+    random draws (masks, query subsets) are pure functions of the seed, the micro-step and the
+    rank, so workers may build them in any order and a resumed run sees the batches an
+    uninterrupted one would."""
+
+    def __init__(self, task: Task, config: TrainConfig, start: int, stop: int, procs: Processes):
         self.task, self.config, self.start, self.stop = task, config, start, stop
-        self.num_examples = task.num_train_examples()
+        self.num_examples, self.procs = task.num_train_examples(), procs
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -169,8 +143,9 @@ class MicroBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         micro = self.start + i
         indices = batch_indices(micro, self.num_examples, self.config.batch_size, self.config.seed)
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + micro)
-        return self.task.train_batch(indices, generator)
+        seed = derived_seed(self.config.seed, "batch", micro, self.procs.rank)
+        generator = torch.Generator().manual_seed(seed)
+        return self.task.train_batch(self.procs.shard(indices), generator)
 
 
 def to_device(batch, device):
@@ -189,112 +164,172 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool = False,
           run_info: dict | None = None, progress: bool = True) -> dict[str, float]:
-    """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics.
-    Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives."""
-    with stop_requests() as received:
-        return _train(task, config, Path(output_dir), resume, run_info, progress, received)
+    """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics
+    (in every process). Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives."""
+    procs = Processes.start(config.device, config.strategy)
+    try:
+        with stop_requests() as received:
+            return Run(task, config, Path(output_dir), procs, resume, run_info).train(progress, received)
+    finally:
+        procs.close()
 
 
-def _train(task, config, output_dir, resume, run_info, progress, stop_signals):
-    from tqdm.auto import tqdm
+class Run:
+    """One training run in this process: the model, its optimizer, and what rank 0 writes."""
 
-    from perceiver.config import build
-    from perceiver.layers import SelfAttentionStack
+    def __init__(self, task: Task, config: TrainConfig, output_dir: Path, procs: Processes, resume: bool,
+                 run_info: dict | None):
+        from perceiver.config import build
+        from perceiver.layers import SelfAttentionStack
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
-                          else config.device)
-    torch.manual_seed(config.seed)
-    model_config = task.model_config()
-    model = build(model_config).to(device)
-    for module in model.modules():  # every model's self-attention stacks (and what keys off them)
-        if isinstance(module, SelfAttentionStack):
-            module.checkpointing = config.activation_checkpointing
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start, best = 0, {"value": None, "step": None}
-    if resume:
-        if find_checkpoint(output_dir / "checkpoint") is None:
-            raise ValueError(f"--resume: expected a checkpoint in {str(output_dir / 'checkpoint')!r}, "
-                             "found none")
-        trainer = load_checkpoint(output_dir / "checkpoint", model, optimizer)
-        start, best = trainer["step"], trainer["best"]
-    if task.num_train_examples() < config.batch_size:
-        raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training examples, "
-                         f"got {config.batch_size}")
-    info = (run_info or {}) | {"train": asdict(config), "skipped_records": getattr(task, "skipped", 0)}
-    (output_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    log = MetricsLog(output_dir, keep_until=start if resume else None)
-    forward = torch.compile(model) if config.compile else model
+        self.task, self.config, self.output_dir, self.procs = task, config, output_dir, procs
+        output_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        self.model_config = task.model_config()
+        model = build(self.model_config).to(procs.device)
+        for module in model.modules():  # every model's self-attention stacks (and what keys off them)
+            if isinstance(module, SelfAttentionStack):
+                module.checkpointing = config.activation_checkpointing
+        self.start, self.best, optimizer_state = 0, {"value": None, "step": None}, None
+        if resume:
+            if find_checkpoint(output_dir / "checkpoint") is None:
+                raise ValueError(f"--resume: expected a checkpoint in {str(output_dir / 'checkpoint')!r}, "
+                                 "found none")
+            optimizer_state, trainer = load_checkpoint(output_dir / "checkpoint", model)
+            self.start, self.best = trainer["step"], trainer["best"]
+        if task.num_train_examples() < config.batch_size:
+            raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training "
+                             f"examples, got {config.batch_size}")
+        self.forward = procs.wrap(model)  # DDP around it, or FSDP2 shards it in place
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if optimizer_state is not None:
+            procs.load_optimizer_state(model, self.optimizer, optimizer_state)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
+        self.log = None
+        if procs.is_main:
+            info = (run_info or {}) | {"train": asdict(config), "processes": procs.world_size,
+                                       "skipped_records": getattr(task, "skipped", 0)}
+            (output_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+            self.log = MetricsLog(output_dir, keep_until=self.start if resume else None)
 
-    def checkpoint(step):
-        model.save_pretrained(output_dir)
-        save_checkpoint(output_dir / "checkpoint", model, optimizer,
-                        {"step": step, "best": best, "best_metric": task.best_metric})
+    def whole_model(self, with_optimizer: bool = False):
+        """``(model, optimizer state)`` to write, whole, on rank 0 (``(None, None)`` elsewhere); under
+        FSDP every process must call it, and rank 0 gets a CPU copy of the gathered weights."""
+        from perceiver.config import build
 
-    def evaluate(step):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model.eval()
-            metrics = task.evaluate(model, "validation")
-            model.train()
-        log.write(step, "validation", metrics)
-        log.plot()
-        value = metrics[task.best_metric]
-        if best["value"] is None or value > best["value"]:
-            best.update(value=value, step=step)
-            model.save_pretrained(output_dir / "best")
-            (output_dir / "best" / "metrics.json").write_text(json.dumps(metrics | {"step": step}) + "\n")
+        weights, optimizer_state = self.procs.full_state(self.model, self.optimizer, with_optimizer)
+        if not self.procs.is_main:
+            return None, None
+        if not self.procs.sharded:
+            return self.model, optimizer_state
+        copy = build(self.model_config)
+        copy.load_state_dict(weights)
+        return copy, optimizer_state
+
+    def checkpoint(self, step: int) -> None:
+        model, optimizer_state = self.whole_model(with_optimizer=True)
+        if self.procs.is_main:
+            model.save_pretrained(self.output_dir)
+            save_checkpoint(self.output_dir / "checkpoint", model, optimizer_state,
+                            {"step": step, "best": self.best, "best_metric": self.task.best_metric})
+        self.procs.barrier()  # no process leaves (or is stopped) while rank 0 writes
+
+    def validation_metrics(self) -> dict:
+        """The task's validation metrics, computed on rank 0 (by every process under FSDP, whose
+        forward is collective) and shared with all."""
+        metrics = None
+        if self.procs.is_main or self.procs.sharded:
+            device = self.procs.device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                self.model.eval()
+                metrics = self.task.evaluate(self.model, "validation")
+                self.model.train()
+        return self.procs.broadcast(metrics)
+
+    def evaluate(self, step: int) -> dict:
+        metrics = self.validation_metrics()
+        value = metrics[self.task.best_metric]
+        improved = self.best["value"] is None or value > self.best["value"]
+        if improved:
+            self.best.update(value=value, step=step)
+        model = self.whole_model()[0] if improved else None
+        if self.procs.is_main:
+            self.log.write(step, "validation", metrics)
+            self.log.plot()
+            if improved:
+                model.save_pretrained(self.output_dir / "best")
+                text = json.dumps(metrics | {"step": step}) + "\n"
+                (self.output_dir / "best" / "metrics.json").write_text(text)
         return metrics
 
-    model.train()
-    bar = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, disable=not progress,
-               desc="train")
-    batches = iter(torch.utils.data.DataLoader(
-        MicroBatches(task, config, start * config.accumulate, config.max_steps * config.accumulate),
-        batch_size=None, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_stop_signals,
-        generator=torch.Generator().manual_seed(config.seed)))  # leaves the global RNG (dropout) alone
-    seen, began, metrics, skips_in_a_row = 0, time.perf_counter(), {}, 0
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        totals = {}
-        for _ in range(config.accumulate):
-            batch = to_device(next(batches), device)
-            with _autocast(config, device):
-                loss, parts = task.loss(forward, batch)
-            (loss / config.accumulate).backward()
-            for k, v in ({"loss": loss.item()} | parts).items():
-                totals[k] = totals.get(k, 0.0) + v / config.accumulate
-            seen += config.batch_size
-        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                   config.grad_clip or math.inf))
-        done = step + 1
-        bad = [f"{k} is {totals[k]}" for k in ("loss", "grad_norm") if not math.isfinite(totals[k])]
-        skips_in_a_row = skips_in_a_row + 1 if bad else 0
-        if bad and (config.on_nonfinite == "stop" or skips_in_a_row > MAX_SKIPS_IN_A_ROW):
-            many = f" ({skips_in_a_row} steps in a row)" if skips_in_a_row > 1 else ""
-            raise FloatingPointError(f"step {done}: {', '.join(bad)}{many}; stopping, the last checkpoint "
-                                     f"in {str(output_dir / 'checkpoint')!r} is intact")
-        if bad:
-            print(f"step {done}: {', '.join(bad)}; update skipped (train.on_nonfinite=skip)", file=sys.stderr)
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        rate = seen / max(1e-9, time.perf_counter() - began)
-        bar.set_postfix(loss=f"{totals['loss']:.4f}", ex_per_s=f"{rate:.1f}")
-        if done % config.log_every == 0 or done == config.max_steps:
-            log.write(done, "train", totals | {"lr": learning_rate(step, config), "examples_per_s": rate})
-        if done % config.eval_every == 0 or done == config.max_steps:
-            metrics = evaluate(done)
-        if done % config.save_every == 0 or done == config.max_steps or stop_signals:
-            checkpoint(done)
-        if stop_signals:
-            log.close()
-            raise Stopped(stop_signals[0], done, output_dir / "checkpoint")
-    log.close()
-    model.eval()
-    if start >= config.max_steps:  # nothing left to train: still report the metrics
-        metrics = task.evaluate(model, "validation")
-    if hasattr(task, "write_samples"):
-        task.write_samples(model, output_dir / "samples")
-    return metrics
+    def train(self, progress: bool, stop_signals: list[int]) -> dict:
+        from tqdm.auto import tqdm
+
+        config, procs, optimizer = self.config, self.procs, self.optimizer
+        self.model.train()
+        bar = tqdm(range(self.start, config.max_steps), initial=self.start, total=config.max_steps,
+                   disable=not (progress and procs.is_main), desc="train")
+        micro_batches = MicroBatches(self.task, config, self.start * config.accumulate,
+                                     config.max_steps * config.accumulate, procs)
+        batches = iter(torch.utils.data.DataLoader(
+            micro_batches, batch_size=None, num_workers=config.num_workers,
+            pin_memory=procs.device.type == "cuda", worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(config.seed)))  # leaves the global RNG alone
+        seen, began, metrics, skips_in_a_row = 0, time.perf_counter(), {}, 0
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            totals = {}
+            for micro in range(step * config.accumulate, (step + 1) * config.accumulate):
+                batch = to_device(next(batches), procs.device)
+                torch.manual_seed(derived_seed(config.seed, "dropout", micro, procs.rank))
+                with _autocast(config, procs.device):
+                    loss, parts = self.task.loss(self.forward, batch)
+                (loss / config.accumulate).backward()
+                for k, v in ({"loss": loss.item()} | parts).items():
+                    totals[k] = totals.get(k, 0.0) + v / config.accumulate
+                seen += config.batch_size
+            names = sorted(totals)  # averaged over processes, with whether any was asked to stop
+            *values, stop = procs.reduce([totals[k] for k in names] + [float(bool(stop_signals))])
+            totals = dict(zip(names, values, strict=True))
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
+            totals["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            done = step + 1
+            bad = [f"{k} is {totals[k]}" for k in ("loss", "grad_norm") if not math.isfinite(totals[k])]
+            skips_in_a_row = skips_in_a_row + 1 if bad else 0
+            if bad and (config.on_nonfinite == "stop" or skips_in_a_row > MAX_SKIPS_IN_A_ROW):
+                many = f" ({skips_in_a_row} steps in a row)" if skips_in_a_row > 1 else ""
+                raise FloatingPointError(f"step {done}: {', '.join(bad)}{many}; stopping, the last "
+                                         f"checkpoint in {str(self.output_dir / 'checkpoint')!r} is intact")
+            if bad and procs.is_main:
+                print(f"step {done}: {', '.join(bad)}; update skipped (train.on_nonfinite=skip)",
+                      file=sys.stderr)
+            if not bad:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            rate = seen / max(1e-9, time.perf_counter() - began)
+            bar.set_postfix(loss=f"{totals['loss']:.4f}", ex_per_s=f"{rate:.1f}")
+            if procs.is_main and (done % config.log_every == 0 or done == config.max_steps):
+                self.log.write(done, "train", totals | {"lr": learning_rate(step, config),
+                                                        "examples_per_s": rate})
+            if done % config.eval_every == 0 or done == config.max_steps:
+                metrics = self.evaluate(done)
+            if done % config.save_every == 0 or done == config.max_steps or stop:
+                self.checkpoint(done)
+            if stop:
+                if self.log:
+                    self.log.close()
+                raise Stopped(stop_signals[0] if stop_signals else signal.SIGTERM, done,
+                              self.output_dir / "checkpoint")
+        if self.log:
+            self.log.close()
+        if self.start >= config.max_steps:  # nothing left to train: still report the metrics
+            metrics = self.validation_metrics()
+        if hasattr(self.task, "write_samples"):
+            model = self.whole_model()[0]
+            if procs.is_main:
+                model.eval()
+                self.task.write_samples(model, self.output_dir / "samples")
+        return metrics

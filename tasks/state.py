@@ -35,14 +35,15 @@ def _set_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(directory: str | os.PathLike, model, optimizer, trainer: dict) -> None:
-    """Write model, optimizer state, RNG states and ``trainer`` to ``directory`` atomically."""
+def save_checkpoint(directory: str | os.PathLike, model, optimizer_state: dict, trainer: dict) -> None:
+    """Write ``model`` (whole, with ``save_pretrained``), ``optimizer_state`` (an optimizer's
+    ``state_dict()``, whole), the RNG states and ``trainer`` to ``directory`` atomically."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tensors = _rng_tensors()
-    for index, state in optimizer.state_dict()["state"].items():
+    for index, state in optimizer_state["state"].items():
         for name, value in state.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     save_file(tensors, str(tmp / OPTIMIZER_NAME))
@@ -64,8 +65,9 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_checkpoint(directory: str | os.PathLike, model, optimizer) -> dict:
-    """Restore model weights, optimizer state and RNG states; return the trainer dict."""
+def load_checkpoint(directory: str | os.PathLike, model) -> tuple[dict, dict]:
+    """Restore the model's weights and the RNG states; return the optimizer's saved ``state`` (for
+    ``Processes.load_optimizer_state``) and the trainer dict."""
     found = find_checkpoint(directory)
     if found is None:
         raise ValueError(f"resume: expected a checkpoint in {str(directory)!r}, found none")
@@ -76,6 +78,5 @@ def load_checkpoint(directory: str | os.PathLike, model, optimizer) -> dict:
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     _set_rng(tensors)
-    return json.loads((found / TRAINER_NAME).read_text())
+    return state, json.loads((found / TRAINER_NAME).read_text())

@@ -188,7 +188,7 @@ def test_a_save_cut_off_mid_rename_leaves_the_previous_checkpoint(tmp_path):
 
     model = PerceiverIO(CountTask().model_config())
     optimizer = torch.optim.AdamW(model.parameters())
-    save_checkpoint(tmp_path / "checkpoint", model, optimizer, {"step": 3})
+    save_checkpoint(tmp_path / "checkpoint", model, optimizer.state_dict(), {"step": 3})
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # crash between the two renames
     found = find_checkpoint(tmp_path / "checkpoint")
     assert found == tmp_path / "checkpoint.old"

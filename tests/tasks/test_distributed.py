@@ -1,0 +1,57 @@
+"""Training in 2 processes under torchrun (gloo on CPU): the same run as 1 process with the same
+global batch, for DDP and FSDP2, and its checkpoint resumes in 1 process."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from perceiver.cli import main
+
+
+def train_losses(directory):
+    with open(directory / "metrics.csv") as f:
+        return [float(r["value"]) for r in csv.DictReader(f) if (r["split"], r["metric"]) == ("train", "loss")]
+
+
+@pytest.fixture
+def data(tmp_path):
+    texts = ["spam spam eggs", "ham and cheese", "eggs spam", "cheese ham", "spam", "ham"] * 8
+    table = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(48)]})
+    datasets.DatasetDict(train=table, validation=table.select(range(16))).save_to_disk(str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_in_one(tmp_path, data, strategy):
+    def args(out, *more):
+        return ["train", "classify", "--data", str(data), "--preset", "tiny", "--output-dir", str(out),
+                "--quiet", "--max-steps", "6", "--strategy", strategy, "train.batch_size=16",
+                "train.log_every=1", "train.eval_every=3", "train.save_every=3", "train.num_workers=0", *more]
+
+    def torchrun(*arguments):
+        env = os.environ | {"PERCEIVER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "perceiver", *arguments]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun(*args(tmp_path / "two"))
+    assert main(args(tmp_path / "one")) == 0
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 6 and one[0] != one[-1]
+    assert one == pytest.approx(two, rel=1e-4)
+    weights = [load_file(tmp_path / d / "model.safetensors") for d in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:  # Adam turns rounding-level gradient differences into ~lr-relative ones
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-3, atol=2e-4)
+    # the 2-process checkpoint (consolidated) resumes in one process, and the other way round
+    assert main(args(tmp_path / "two", "--resume", "--max-steps", "8")) == 0
+    torchrun(*args(tmp_path / "one", "--resume", "--max-steps", "8"))
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 8 and one == pytest.approx(two, rel=1e-3)
