@@ -16,7 +16,8 @@ from perceiver.cli import main
 
 def train_losses(directory):
     with open(directory / "metrics.csv") as f:
-        return [float(r["value"]) for r in csv.DictReader(f) if (r["split"], r["metric"]) == ("train", "loss")]
+        rows = list(csv.DictReader(f))
+    return [float(r["value"]) for r in rows if (r["split"], r["metric"]) == ("train", "loss")]
 
 
 @pytest.fixture
