@@ -9,13 +9,17 @@ a nested ``Config`` dataclass, registered under a short ``kind`` name::
         class Config: ...
 
 ``to_dict(config)`` writes ``{"kind": ..., field: value, ...}`` (nested configs likewise), and
-``from_dict`` reads it back into the same dataclasses; ``build(config)`` makes the module.
-Tuples are written as JSON lists and read back as tuples, so configs should use tuples, not lists.
+``from_dict`` reads it back into the same dataclasses; ``build(config)`` checks every value
+against its field's annotation (``validate``) and makes the module. Tuples are written as JSON
+lists and read back as tuples, so configs should use tuples, not lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Any
 
 REGISTRY: dict[str, type] = {}
@@ -35,11 +39,68 @@ def register(kind: str):
 
 
 def build(config):
-    """The module for a registered ``config``."""
+    """The module for a registered ``config`` (validated first)."""
     kind = getattr(type(config), "kind", None)
     if kind not in REGISTRY:
         raise ValueError(f"config: expected a registered component config, got {type(config).__name__}")
+    validate(config)
     return REGISTRY[kind](config)
+
+
+def validate(config, path: str = "config") -> None:
+    """Check each field of a config dataclass (and nested ones) against its annotation: ``int`` a
+    non-negative integer, ``float`` a finite non-negative number, ``bool`` / ``str`` / ``tuple`` /
+    ``dict`` those types, ``X | None`` either; a ``ValueError`` names the field and the value."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        _check(f"{path}.{field.name}", getattr(config, field.name), hints[field.name])
+
+
+def _check(path: str, value, hint) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:  # a nested component config (input, queries, output, ...) is checked likewise
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value, path)
+        return
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _check(path, value, option)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise ValueError(f"{path}: expected a {hint.__name__}, got {value!r}")
+        return validate(value, path)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif hint is int:
+        ok, expected = number and isinstance(value, int) and value >= 0, "an integer >= 0"
+    elif hint is float:
+        ok, expected = number and math.isfinite(value) and value >= 0, "a finite number >= 0"
+    elif hint is str:
+        ok, expected = isinstance(value, str), "a string"
+    elif hint is tuple or origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"{path}: expected a tuple, got {value!r}")
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if items and len(items) != len(value):
+            raise ValueError(f"{path}: expected {len(items)} values, got {value!r}")
+        for i, (item, item_hint) in enumerate(zip(value, items or (), strict=bool(items))):
+            _check(f"{path}[{i}]", item, item_hint)
+        return
+    elif hint is dict or origin is dict:
+        ok, expected = isinstance(value, dict), "a dict"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{path}: expected {expected}, got {value!r}")
 
 
 def to_dict(value: Any) -> Any:

@@ -53,3 +53,40 @@ def test_bad_configs():
     data["encoder"]["latents"] = 3
     with pytest.raises(ValueError, match=r"EncoderConfig: unknown fields \['latents'\]"):
         from_dict(data)
+
+
+SMALL = presets.byte_classifier(num_classes=2, max_seq_len=16, dim=8, num_latents=4, latent_dim=8,
+                                num_layers=1, num_heads=2)
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("encoder", "num_latents"), -4, r"config\.encoder\.num_latents: expected an integer >= 0, got -4"),
+    (("encoder", "num_latents"), 4.5, r"config\.encoder\.num_latents: expected an integer >= 0, got 4\.5"),
+    (("encoder", "num_latents"), True, r"expected an integer >= 0, got True"),
+    (("encoder", "dropout"), float("nan"), r"encoder\.dropout: expected a finite number >= 0, got nan"),
+    (("encoder", "query_residual"), "yes", r"encoder\.query_residual: expected true or false, got 'yes'"),
+    (("encoder", "activation"), 3, r"config\.encoder\.activation: expected a string, got 3"),
+    (("encoder", "self_qk_dim"), "wide", r"encoder\.self_qk_dim: expected an integer >= 0, got 'wide'"),
+    (("input", "max_seq_len"), None, r"config\.input\.max_seq_len: expected an integer >= 0, got None"),
+])
+def test_config_values_are_validated_when_a_saved_model_is_loaded(tmp_path, where, value, message):
+    from perceiver import from_pretrained
+    from perceiver.config import build
+
+    build(SMALL).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data[where[0]][where[1]] = value
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(tmp_path)
+
+
+def test_tuple_fields_are_checked_item_by_item():
+    from perceiver.config import validate
+    from perceiver.inputs import ImagePatchAdapter
+
+    validate(ImagePatchAdapter.Config((28, 28), 1, 4, 8))
+    with pytest.raises(ValueError, match=r"config\.image_shape: expected 2 values, got \(28,\)"):
+        validate(ImagePatchAdapter.Config((28,), 1, 4, 8))
+    with pytest.raises(ValueError, match=r"config\.image_shape\[1\]: expected an integer >= 0, got -28"):
+        validate(ImagePatchAdapter.Config((28, -28), 1, 4, 8))
