@@ -212,6 +212,7 @@ class PerceiverIO(PretrainedMixin, nn.Module):
         else:
             raise ValueError(f"modality_mask: expected a model with a multimodal input adapter, got "
                              f"{type(self.input_adapter).__name__}")
+        x = x.to(self.encoder.latents.dtype)  # float16 / float64 inputs meet float32 weights
         if return_attention:
             latents, attentions = self.encoder(x, attention_mask, return_weights=True)
             y, attentions["decoder"] = self.decoder(self.queries(x, query_index), latents, True)
@@ -247,6 +248,6 @@ class Perceiver(PretrainedMixin, nn.Module):
     def forward(self, inputs, attention_mask: Tensor | None = None, *,
                 return_attention: bool = False) -> PerceiverOutput:
         x, attention_mask = self.input_adapter(inputs, attention_mask)
-        out = self.encoder(x, attention_mask, return_weights=return_attention)
+        out = self.encoder(x.to(self.encoder.latents.dtype), attention_mask, return_weights=return_attention)
         latents, attentions = out if return_attention else (out, None)
         return PerceiverOutput(self.classifier(self.norm(latents.mean(dim=1))), latents, attentions)

@@ -57,8 +57,8 @@ def read_png(path, shape) -> np.ndarray:
     try:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("L"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable image ({error})") from error
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on damaged files
+        raise ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
     if pixels.shape != tuple(shape):
         raise ValueError(f"{path}: expected an image of {shape[0]}x{shape[1]} pixels, got "
                          f"{pixels.shape[0]}x{pixels.shape[1]}")
@@ -71,8 +71,8 @@ def read_wav(path, sample_rate: int, num_samples: int) -> np.ndarray:
         with wave.open(str(path), "rb") as f:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
             frames = f.readframes(f.getnframes())
-    except (OSError, EOFError, wave.Error) as error:
-        raise ValueError(f"{path}: unreadable WAV ({error})") from error
+    except Exception as error:  # wave raises wave.Error, EOFError, RuntimeError, ... on damaged files
+        raise ValueError(f"{path}: unreadable WAV ({type(error).__name__}: {error})") from error
     if (channels, width, rate) != (1, 2, sample_rate):
         raise ValueError(f"{path}: expected 16-bit mono audio at {sample_rate} Hz, got {8 * width}-bit, "
                          f"{channels} channel(s) at {rate} Hz")

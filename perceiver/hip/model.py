@@ -25,6 +25,7 @@ from perceiver.checkpoint import PretrainedMixin
 from perceiver.config import register
 from perceiver.hip.blocks import BlockConfig, HiPBlock
 from perceiver.hip.grouping import GroupLayout
+from perceiver.inputs.base import check_tensor
 from perceiver.layers import CrossAttentionLayer
 from perceiver.model import PerceiverOutput
 
@@ -159,7 +160,8 @@ class HiP(PretrainedMixin, nn.Module):
             shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"inputs[{name!r}]: expected shape [B, {length}, {channels}] (or ids "
                              f"[B, {length}]), got {shape}")
-        return linear(x)
+        check_tensor(f"inputs[{name!r}]", x, 3, floating=True)
+        return linear(x.to(linear.weight.dtype))
 
 
 def block_configs(config: HiP.Config) -> list[BlockConfig]:

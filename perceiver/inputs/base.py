@@ -7,12 +7,17 @@ It has ``output_dim`` (C), and ``num_positions`` (M) when M is fixed by its conf
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+MAX_INPUT_MAGNITUDE = 1e18  # LayerNorm squares its inputs: float32 holds squares up to ~3e38
+
 
 def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool | None = None):
-    """Raise ``ValueError`` unless ``value`` is a tensor of the given rank(s) and dtype kind."""
+    """Raise ``ValueError`` unless ``value`` is a tensor of the given rank(s) and dtype kind, and,
+    if floating-point, holds only finite values up to ``MAX_INPUT_MAGNITUDE``."""
     ranks = (rank,) if isinstance(rank, int) else rank
     if not isinstance(value, Tensor):
         raise ValueError(f"{name}: expected a tensor, got {type(value).__name__}")
@@ -21,6 +26,14 @@ def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool |
                          f"got shape {list(value.shape)}")
     if floating is True and not value.dtype.is_floating_point:
         raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+    if floating is True and value.numel():
+        peak = float(value.abs().max())  # NaN if any value is NaN
+        if not math.isfinite(peak):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite value(s)")
+        if peak > MAX_INPUT_MAGNITUDE:
+            raise ValueError(f"{name}: expected magnitudes up to {MAX_INPUT_MAGNITUDE:g} (larger ones "
+                             f"overflow float32 normalisation), got {peak:g}")
     if floating is False and (value.dtype.is_floating_point or value.dtype == torch.bool):
         raise ValueError(f"{name}: expected an integer tensor, got {value.dtype}")
 

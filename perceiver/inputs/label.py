@@ -33,7 +33,7 @@ class OneHotLabelAdapter(nn.Module):
             if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= n):
                 raise ValueError(f"inputs: expected class ids in [0, {n}), got "
                                  f"[{int(inputs.min())}, {int(inputs.max())}]")
-            x = F.one_hot(inputs, n).float()
+            x = F.one_hot(inputs.long(), n).float()
         else:
             check_tensor("inputs", inputs, 2, floating=True)
             check_size("inputs", inputs.shape[1:], (n,), "shape [B, num_classes] ending in")

@@ -39,4 +39,4 @@ class TokenInputAdapter(nn.Module):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
         index = torch.arange(length, device=inputs.device)
-        return self.embedding(inputs) + self.positions(index), attention_mask
+        return self.embedding(inputs.long()) + self.positions(index), attention_mask
