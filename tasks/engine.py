@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -73,6 +74,7 @@ class TrainConfig:
     num_workers: int = 1  # processes assembling training batches (0: in the training process)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop", or "skip" the update
     strategy: str = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (sharded, FSDP2)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact reruns on GPU too
 
     def __post_init__(self):
         if self.on_nonfinite not in ("stop", "skip"):
@@ -166,12 +168,17 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
           run_info: dict | None = None, progress: bool = True) -> dict[str, float]:
     """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics
     (in every process). Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic:  # cuBLAS needs this workspace setting before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     procs = Processes.start(config.device, config.strategy)
     try:
         with stop_requests() as received:
             return Run(task, config, Path(output_dir), procs, resume, run_info).train(progress, received)
     finally:
         procs.close()
+        torch.use_deterministic_algorithms(deterministic)
 
 
 class Run:
