@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver import presets, tokenizer
+from tasks.distributed import unwrap
 
 PERCEIVER_IO = "perceiver-io"
 ARCHITECTURES = (PERCEIVER_IO, "hip-mini", "hip-16", "hip-256", "hip-16x3")
@@ -70,8 +71,7 @@ def token_logits(architecture: str, model, ids: Tensor, positions: Tensor,
 
 def pad_to_length(model, ids: Tensor) -> Tensor:
     """Byte ids ``[B, L]`` padded with [PAD] to the HiP's fixed length."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    length = model.config.modalities["bytes"][0]
+    length = unwrap(model).config.modalities["bytes"][0]
     if ids.shape[1] > length:
         raise ValueError(f"inputs: expected at most {length} bytes, got {ids.shape[1]}")
     return F.pad(ids, (0, length - ids.shape[1]), value=tokenizer.PAD)

@@ -25,6 +25,12 @@ import torch.distributed as dist
 STRATEGIES = ("ddp", "fsdp")
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile's and DistributedDataParallel's wrappers (for its config)."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 @dataclass
 class Processes:
     rank: int = 0

@@ -56,3 +56,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_in_o
     torchrun(*args(tmp_path / "one", "--resume", "--max-steps", "8"))
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(one) == len(two) == 8 and one == pytest.approx(two, rel=1e-3)
+
+
+def test_unwrap_reaches_the_model_inside_ddp_and_compile(tmp_path):
+    import torch.distributed as dist
+
+    from perceiver.hip import build_hip
+    from tasks.architectures import pad_to_length
+    from tasks.distributed import unwrap
+    from tasks.recipes import TINY_HIP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_hip("mini", {"bytes": (32, 262)}, **TINY_HIP)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        assert unwrap(wrapped) is model and unwrap(torch.compile(wrapped)) is model and unwrap(model) is model
+        assert pad_to_length(wrapped, torch.zeros(2, 5, dtype=torch.long)).shape == (2, 32)
+    finally:
+        dist.destroy_process_group()
