@@ -16,6 +16,7 @@ consolidated (full weights and optimizer state), so one process resumes them or 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ class Processes:
             torch.cuda.set_device(chosen)
         owns_group = not dist.is_initialized()  # a caller's own process group is left alone
         if owns_group:
-            dist.init_process_group("nccl" if cuda else "gloo", device_id=chosen if cuda else None)
+            # rank 0 evaluates and writes while the others wait: allow that an hour, not NCCL's 10 min
+            dist.init_process_group("nccl" if cuda else "gloo", device_id=chosen if cuda else None,
+                                    timeout=datetime.timedelta(hours=1))
         return cls(dist.get_rank(), dist.get_world_size(), chosen, strategy, owns_group)
 
     def close(self) -> None:
