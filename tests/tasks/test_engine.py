@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from perceiver import presets
-from tasks.engine import Stopped, TrainConfig, batch_indices, learning_rate, train
+from tasks.engine import Stopped, TrainConfig, learning_rate, train
 from tasks.state import find_checkpoint, save_checkpoint
 
 
@@ -72,15 +72,6 @@ def test_learning_rate_schedule():
     assert learning_rate(0, config) == pytest.approx(0.1) and learning_rate(9, config) == pytest.approx(1.0)
     assert learning_rate(60, config) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert learning_rate(110, config) == pytest.approx(0.1)
-
-
-def test_batches_are_seeded_epoch_permutations():
-    epoch = [i for step in range(4) for i in batch_indices(step, 35, 8, seed=1)]
-    assert len(set(epoch)) == 32 and max(epoch) < 35  # last partial batch dropped
-    assert batch_indices(4, 35, 8, seed=1) != batch_indices(0, 35, 8, seed=1)  # a new permutation
-    assert batch_indices(2, 35, 8, seed=1) == batch_indices(2, 35, 8, seed=1)
-    with pytest.raises(ValueError, match="batch_size: expected at most the 5 training examples, got 8"):
-        batch_indices(0, 5, 8, seed=0)
 
 
 def _losses(path):
