@@ -55,13 +55,19 @@ def load_config(directory: str | os.PathLike):
     return from_dict(data)
 
 
+def refuse_pickles(directory: Path) -> None:
+    """A directory holding pickle files is refused: they could be mistaken for (or swapped with)
+    the safetensors weights, and loading them would run code."""
+    pickles = sorted(p.name for p in Path(directory).glob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"directory: refusing to load {str(directory)!r}: it holds pickle files "
+                         f"{pickles}; only JSON and safetensors files are read")
+
+
 def from_pretrained(directory: str | os.PathLike, map_location: str = "cpu"):
     """Rebuild the model saved in ``directory`` (the right class, from ``config.json``)."""
     directory = Path(directory)
-    pickles = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ValueError(f"directory: refusing to load {str(directory)!r}: it holds pickle files "
-                         f"{pickles}; only {CONFIG_NAME} and {WEIGHTS_NAME} are read")
+    refuse_pickles(directory)
     model = build(load_config(directory))
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
+from perceiver.checkpoint import refuse_pickles
+
 OPTIMIZER_NAME, TRAINER_NAME = "optimizer.safetensors", "trainer.json"
 
 
@@ -71,6 +73,7 @@ def load_checkpoint(directory: str | os.PathLike, model) -> tuple[dict, dict]:
     found = find_checkpoint(directory)
     if found is None:
         raise ValueError(f"resume: expected a checkpoint in {str(directory)!r}, found none")
+    refuse_pickles(found)
     load_model(model, str(found / "model.safetensors"), strict=True)
     tensors = load_file(str(found / OPTIMIZER_NAME))
     state = {}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from perceiver import presets
@@ -55,3 +56,16 @@ def test_a_writer_killed_at_random_moments_leaves_a_loadable_checkpoint(tmp_path
         assert all(torch.all(p == step) for p in model.parameters())  # weights of that very step
         assert state and json.loads((found / "trainer.json").read_text())["step"] == step
     assert interrupted >= 2  # most kills land mid-write: writing is nearly all the writer does
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused(tmp_path):
+    from tasks.state import save_checkpoint
+
+    model = build(presets.byte_classifier(num_classes=2, max_seq_len=8, dim=8, num_latents=2, latent_dim=8,
+                                          num_layers=1, num_heads=2))
+    save_checkpoint(tmp_path / "checkpoint", model, torch.optim.AdamW(model.parameters()).state_dict(),
+                    {"step": 1})
+    assert load_checkpoint(tmp_path / "checkpoint", model)[1]["step"] == 1
+    (tmp_path / "checkpoint" / "optimizer.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match=r"refusing to load .* pickle files \['optimizer.pt'\]"):
+        load_checkpoint(tmp_path / "checkpoint", model)
