@@ -156,6 +156,9 @@ class Run:
                                  "found none")
             optimizer_state, trainer = load_checkpoint(output_dir / "checkpoint", model)
             self.start, self.best = trainer["step"], trainer["best"]
+        if config.batch_size % procs.world_size:
+            raise ValueError(f"batch_size: expected a multiple of the {procs.world_size} processes, got "
+                             f"{config.batch_size}")
         if task.num_train_examples() < config.batch_size:
             raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training "
                              f"examples, got {config.batch_size}")
