@@ -11,8 +11,8 @@ the paper trains on subsampled outputs, and masks each example's label with prob
 by a random offset (augmentation: the label overfits 4,000 examples without it). The loss is
 each modality's MSE divided by the MSE of the training set's mean (so both modalities count by
 their improvement over that baseline, whatever their scale), plus ``label_weight`` times the
-label's cross-entropy. Evaluation decodes everything with every
-label masked, so label accuracy measures what the model infers from image and audio. Metrics:
+label's cross-entropy. Evaluation decodes everything with every label masked, so label accuracy
+measures what the model infers from image and audio. Metrics:
 PSNR of image (pixels in [0, 1]) and audio (full scale 1), each beside the PSNR of the training
 set's mean image / mean waveform, and label accuracy.
 """
@@ -155,6 +155,16 @@ def open_folder(config):
     return load_folder(root, config)
 
 
+def decode_rows(rows) -> dict:
+    """Stored uint8 pixels and int16 samples as floats: ``image [B, H, W]`` in [0, 1], ``audio
+    [B, N]`` in [-1, 1), and ``label [B]`` (long) when the rows have one."""
+    out = {"image": torch.from_numpy(np.asarray(rows["image"]).astype(np.float32) / 255),
+           "audio": torch.from_numpy(np.asarray(rows["audio"]).astype(np.float32) / 32768)}
+    if "label" in rows:
+        out["label"] = torch.from_numpy(np.asarray(rows["label"]).astype(np.int64))
+    return out
+
+
 def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
     """Per-example peak signal-to-noise ratio in dB: ``[B, ...] -> [B]``."""
     mse = (estimate - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -168,9 +178,8 @@ class AutoencodeTask:
         self.config = config
         self.splits, self.classes, self.skipped = open_folder(config)
         self.patch = self.model_settings()["patch_size"]
-        train = self.splits["train"][:]
-        images = torch.from_numpy(train["image"].astype(np.float32) / 255)
-        audio = torch.from_numpy(train["audio"].astype(np.float32) / 32768)
+        train = decode_rows(self.splits["train"][:])
+        images, audio = train["image"], train["audio"]
         self.mean_image, self.mean_audio = images.mean(0), audio.mean(0)
         # the mean baseline's MSE: each modality's loss is measured relative to it
         self.baseline_mse = {"image": float((images - self.mean_image).pow(2).mean()),
@@ -186,13 +195,13 @@ class AutoencodeTask:
     def num_train_examples(self) -> int:
         return len(self.splits["train"])
 
-    def _arrays(self, rows) -> dict:
-        return {"image": torch.from_numpy(rows["image"].astype(np.float32) / 255)[:, None],
-                "audio": torch.from_numpy(rows["audio"].astype(np.float32) / 32768),
-                "label": torch.from_numpy(rows["label"].astype(np.int64))}
+    def arrays(self, rows) -> dict:
+        """The model's inputs for stored rows: ``image [B, 1, H, W]``, ``audio [B, N]``, ``label [B]``."""
+        out = decode_rows(rows)
+        return out | {"image": out["image"][:, None]}
 
     def train_batch(self, indices, generator=None):
-        inputs = self._arrays(self.splits["train"][indices])
+        inputs = self.arrays(self.splits["train"][indices])
         inputs["image"] = shift(inputs["image"], self.config.shift_pixels, (-2, -1), generator)
         inputs["audio"] = shift(inputs["audio"], self.config.shift_samples, (-1,), generator)
         batch = len(indices)
@@ -246,7 +255,7 @@ class AutoencodeTask:
         sums = dict.fromkeys(["image_psnr", "audio_psnr", "image_psnr_mean_baseline",
                               "audio_psnr_mean_baseline", "label_accuracy"], 0.0)
         for start in range(0, len(data), size):
-            inputs = self._arrays(data[start:start + size])
+            inputs = self.arrays(data[start:start + size])
             out = self.reconstruct(model, inputs)
             sums["image_psnr"] += float(psnr(out["image"], inputs["image"]).sum())
             sums["audio_psnr"] += float(psnr(out["audio"], inputs["audio"]).sum())
@@ -261,16 +270,15 @@ class AutoencodeTask:
         """Originals and reconstructions of ``count`` examples spread over ``split`` (so over its
         classes) as ``{i}-{class}-original.png/.wav`` and ``{i}-{class}-reconstruction.png/.wav``."""
         size = len(self.splits[split])
-        inputs = self._arrays(self.splits[split][[i * size // count for i in range(min(count, size))]])
+        inputs = self.arrays(self.splits[split][[i * size // count for i in range(min(count, size))]])
         return save_reconstructions(self.reconstruct(model, inputs), inputs, directory, self.classes)
 
     def predict_files(self, model, stems: list[str], directory) -> list[dict]:
         """Reconstruct ``{stem}.png`` + ``{stem}.wav`` pairs (label unknown) into ``directory``."""
         images = [read_png(s + ".png", self.config.image_shape) for s in stems]
         audio = [read_wav(s + ".wav", self.config.sample_rate, self.config.num_samples) for s in stems]
-        inputs = {"image": torch.from_numpy(np.stack(images).astype(np.float32) / 255)[:, None],
-                  "audio": torch.from_numpy(np.stack(audio).astype(np.float32) / 32768),
-                  "label": torch.zeros(len(stems), dtype=torch.long)}
+        inputs = self.arrays({"image": np.stack(images), "audio": np.stack(audio),
+                              "label": np.zeros(len(stems), np.int64)})
         out = self.reconstruct(model, inputs)
         names = [Path(s).name for s in stems]
         paths = save_reconstructions(out, inputs, directory, self.classes, names=names)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from perceiver.hip import hip_config
 from perceiver.hip.mae import mask_elements, masked_loss
-from tasks.autoencode import open_folder
+from tasks.autoencode import decode_rows, open_folder
 
 SAMPLES_PER_PATCH = 16
 
@@ -61,11 +60,10 @@ class MAETask:
         return len(self.splits["train"])
 
     def arrays(self, rows) -> dict:
-        image = torch.from_numpy(rows["image"].astype(np.float32) / 255)
-        audio = torch.from_numpy(rows["audio"].astype(np.float32) / 32768)
-        label = F.one_hot(torch.from_numpy(rows["label"].astype(np.int64)), len(self.classes)).float()
-        return {"image": rearrange(image, "b h w -> b (h w) 1"),
-                "audio": rearrange(audio, "b (m s) -> b m s", s=SAMPLES_PER_PATCH), "label": label[:, None]}
+        x = decode_rows(rows)
+        return {"image": rearrange(x["image"], "b h w -> b (h w) 1"),
+                "audio": rearrange(x["audio"], "b (m s) -> b m s", s=SAMPLES_PER_PATCH),
+                "label": F.one_hot(x["label"], len(self.classes)).float()[:, None]}
 
     def train_batch(self, indices, generator=None, split: str = "train"):
         targets = self.arrays(self.splits[split][indices])

@@ -101,7 +101,7 @@ def test_reconstruction_inverts_the_patch_targets(folder):
             label = torch.nn.functional.one_hot(inputs["label"], 3)[:, None].float() * 20
             return SimpleNamespace(logits=task.targets(inputs) | {"label": label})
 
-    inputs = task._arrays(task.splits["validation"][:])
+    inputs = task.arrays(task.splits["validation"][:])
     out = task.reconstruct(Echo(), inputs)
     torch.testing.assert_close(out["image"], inputs["image"])
     torch.testing.assert_close(out["audio"], inputs["audio"])
