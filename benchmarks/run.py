@@ -1,19 +1,27 @@
-"""Benchmark: forward+backward and no-grad time, peak memory, achieved GFLOP/s.
+"""Benchmark this package against the peers, side by side: one command, every number in one run.
 
-    make bench                      # all configurations, writes docs/benchmarks.md
-    .venv/bin/python benchmarks/run.py --configs A B-8k --repeats 5 --no-write
+    make bench                                       # everything; rewrites docs/benchmarks.md
+    .venv/bin/python benchmarks/run.py --configs A B-8k --impls ours hf --no-write   # a quick look
+    .venv/bin/python benchmarks/run.py --largest     # also the largest M that trains in 22 GB
 
-Each configuration runs in its own process (peak RSS is per process), one warm-up step, then the
-median of ``--repeats`` timed steps. The machine's fp32/bf16 matmul peak (4096^3) is measured in the
-same run. Configurations follow ../shared/reference/peers.md: A = byte masked LM (M = 2048,
-256 x 512 latents, 8 layers, batch 4); B = long-input byte classification (256 x 512 latents,
-6 layers, batch 1) at M = 8k, 32k, 131k.
+Implementations (benchmarks/impls.py): ``ours``; ``hf`` = transformers' Perceiver parts; ``kr`` =
+krasserm's perceiver-io 0.11.0; ``lu`` = lucidrains' perceiver-pytorch 0.11.0. The last two are
+installed on first use into benchmarks/.peers/ (pip --target, no dependencies beyond torch/einops;
+krasserm's package is also called ``perceiver`` and needs einops < 0.5, so each runs in its own
+process with its own path). Configurations follow ../shared/reference/peers.md (CONFIGS below).
+
+Every (implementation, configuration) runs in a fresh process: parameters, FLOPs of one step
+(``benchmarks/flops.py``), then one warm-up and ``--repeats`` timed forward+backward steps, the same
+for no-grad forward, and the process's peak RSS. ``--rounds`` repeats that, interleaving the
+implementations (ours, hf, kr, lu, ours, hf, ...); times are medians over all rounds' steps. The
+fp32/bf16 matmul peak (4096^3) is measured in the same run, first and last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -25,115 +33,206 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = {
-    "A": dict(task="mlm", length=2048, batch=4),
-    "A-bf16": dict(task="mlm", length=2048, batch=4, bf16=True),
-    "B-8k": dict(task="classify", length=8192, batch=1),
-    "B-32k": dict(task="classify", length=32768, batch=1),
-    "B-131k": dict(task="classify", length=131072, batch=1),
+PEERS = HERE / ".peers"
+IMPLS = ("ours", "hf", "kr", "lu")
+PEER_PACKAGES = {  # pip install --no-deps --target PEERS/<impl>
+    "kr": ["--ignore-requires-python", "perceiver-io==0.11.0", "einops>=0.4,<0.5", "fairscale>=0.4,<0.5"],
+    "lu": ["perceiver-pytorch==0.11.0"],
 }
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+A = dict(kind="mlm", length=2048, batch=4, dim=512, latents=256, latent_dim=512, layers=8, heads=8,
+         cross_qk=512, decoder_qk=512)
+B = dict(kind="classify", batch=1, dim=256, latents=256, latent_dim=512, layers=6, heads=8, cross_qk=512,
+         decoder_qk=512, classes=10)
+CONFIGS = {
+    "A": A,
+    "A-bf16": dict(A, bf16=True),
+    "language-perceiver": dict(A, batch=2, language_perceiver=True),
+    "B-8k": dict(B, length=8192),
+    "B-32k": dict(B, length=32768),
+    "B-131k": dict(B, length=131072),
+    "HiP-16-64k": dict(kind="hip", length=65536, batch=1, impls=("ours",)),
+    "HiP-16-256k": dict(kind="hip", length=262144, batch=1, impls=("ours",)),
+    "HiP-16-1M": dict(kind="hip", length=1048576, batch=1, impls=("ours",)),
+}
+MEMORY_LIMIT = 22 * 10**9  # RLIMIT_DATA of a --largest trial: the 24 GB machine less the system
 
 
-def build(task: str, length: int):
-    from perceiver import PerceiverIO, presets
+def peer_env(impl: str) -> dict:
+    """The environment of a worker: krasserm's or lucidrains' package first on the path."""
+    env = dict(os.environ)
+    if impl in PEER_PACKAGES:
+        target = PEERS / impl
+        if not (target / ".installed").exists():
+            pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+            subprocess.run(pip + PEER_PACKAGES[impl], check=True)
+            (target / ".installed").touch()
+        env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
+    return env
 
-    if task == "mlm":
-        return PerceiverIO(presets.byte_mlm(max_seq_len=length))
-    return PerceiverIO(presets.byte_classifier(num_classes=10, max_seq_len=length))
+
+def inputs(spec: dict, generator: torch.Generator):
+    """(model input, loss function of the output) for one step of ``spec``."""
+    import torch.nn.functional as F
+
+    b, m = spec["batch"], spec["length"]
+    if spec["kind"] == "hip":
+        signal = torch.randn(b, m, 1, generator=generator)
+        return signal, lambda out: (out.float() - signal).square().mean()
+    ids = torch.randint(0, 262, (b, m), generator=generator)
+    if spec["kind"] == "mlm":
+        targets = torch.randint(0, 262, (b, m), generator=generator)
+        return ids, lambda out: F.cross_entropy(out.float().flatten(0, 1), targets.flatten())
+    labels = torch.randint(0, spec["classes"], (b,), generator=generator)
+    return ids, lambda out: F.cross_entropy(out.float(), labels)
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int) -> list[float]:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def run_config(name: str, repeats: int) -> dict:
+def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
+    """One implementation and configuration in this process; ``mode`` "bench" measures everything,
+    "train" / "infer" run one step (the --largest trials)."""
     sys.path.insert(0, str(HERE))
     from flops import count_flops
+    from impls import BUILDERS
 
-    spec = CONFIGS[name]
+    spec = CONFIGS[config.split("@")[0]]
+    if "@" in config:  # the --largest trials: B at another length
+        spec = dict(spec, length=int(config.split("@")[1]))
+    if mode != "bench":
+        resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
     torch.manual_seed(0)
-    model = build(spec["task"], spec["length"]).train()
-    ids = torch.randint(0, 262, (spec["batch"], spec["length"]))
+    model, run = BUILDERS[impl](spec)
+    model.train()
+    x, loss_of = inputs(spec, torch.Generator().manual_seed(0))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("bf16", False))
 
     def step():
         model.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(inputs=ids).logits.float().square().mean()
+            loss = loss_of(run(x))
         loss.backward()
+        return loss
 
     def infer():
         with torch.no_grad(), autocast:
-            model(inputs=ids)
+            return loss_of(run(x))
 
-    flops = count_flops(step)
-    train_s = timed(step, repeats)
-    infer_s = timed(infer, repeats)
-    return {
-        "config": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "step_s": train_s, "infer_s": infer_s, "gflop": flops / 1e9,
-        "gflops": flops / 1e9 / train_s,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-    }
+    if mode != "bench":
+        (step if mode == "train" else infer)()
+        return {"ok": True}
+    row = {"impl": impl, "config": config, "params": sum(p.numel() for p in model.parameters())}
+    if spec.get("bf16"):  # the same step in fp32: autocast must reproduce its loss
+        with torch.no_grad():
+            fp32, bf16 = float(loss_of(run(x))), float(infer())
+        row["loss_rel_diff"] = abs(bf16 - fp32) / abs(fp32)
+    row["flop"] = count_flops(step)
+    row["train_s"] = timed(step, repeats)
+    row["infer_s"] = timed(infer, repeats)
+    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return row
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, repeats) / 1e9
+    return 2 * n**3 / statistics.median(timed(lambda: a @ b, repeats)) / 1e9
 
 
-def in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def in_subprocess(impl: str, args: list[str], timeout: float | None = None) -> dict:
+    """The worker's JSON line, or ``{"failed": why}``."""
+    try:
+        done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                              env=peer_env(impl), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"over {timeout:.0f} s"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        return {"failed": lines[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(rows: list[dict], peaks: dict) -> str:
-    lines = ["| config | params | fwd+bwd s | no-grad fwd s | GFLOP/step | GFLOP/s | share of peak "
-             "| peak RSS |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        peak = peaks["bf16"] if r["config"].endswith("bf16") else peaks["fp32"]
-        lines.append(f"| {r['config']} | {r['params_m']:.1f}M | {r['step_s']:.3f} | {r['infer_s']:.3f} | "
-                     f"{r['gflop']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f}% | "
-                     f"{r['peak_rss_gb']:.2f} GB |")
-    return "\n".join(lines)
+def bench(configs: list[str], impls: list[str], rounds: int, repeats: int) -> list[dict]:
+    rows = []
+    for config in configs:
+        names = [i for i in impls if i in CONFIGS[config].get("impls", IMPLS)]
+        runs = {impl: [] for impl in names}
+        for _ in range(rounds):
+            for impl in names:
+                runs[impl].append(in_subprocess(impl, ["--worker", impl, config, "--repeats", str(repeats)]))
+        for impl, results in runs.items():
+            ok = [r for r in results if "failed" not in r]
+            row = dict(ok[0]) if ok else {"impl": impl, "config": config, "failed": results[0]["failed"]}
+            for key in ("train_s", "infer_s"):
+                if ok:
+                    row[key] = statistics.median(t for r in ok for t in r[key])
+            if ok:
+                row["peak_rss_gb"] = max(r["peak_rss_gb"] for r in ok)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def largest(impl: str, mode: str, start: int = 131072, steps: int = 3) -> dict:
+    """The largest B length (doubling from ``start``, then ``steps`` bisections) whose one ``mode``
+    step runs under RLIMIT_DATA = MEMORY_LIMIT."""
+    def fits(length: int) -> bool:
+        result = in_subprocess(impl, ["--worker", impl, f"B-8k@{length}", "--mode", mode], timeout=1200)
+        print(json.dumps({"impl": impl, "mode": mode, "length": length, "fits": "failed" not in result}),
+              flush=True)
+        return "failed" not in result
+
+    low, high = 0, start
+    while fits(high):
+        low, high = high, 2 * high
+    for _ in range(steps):
+        if low == 0:
+            break
+        middle = (low + high) // 2 // 1024 * 1024
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return {"impl": impl, "mode": mode, "largest": low, "fails_at": high}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Perceiver IO CPU benchmark")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS))
+    parser.add_argument("--rounds", type=int, default=2, help="processes per implementation and config")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--largest", action="store_true", help="also search the largest trainable M")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ as it is")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker == "peak":
+    if args.worker == ["ours", "peak"]:
         print(json.dumps({"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}))
         return
     if args.worker:
-        print(json.dumps(run_config(args.worker, args.repeats)))
+        print(json.dumps(worker(*args.worker, args.repeats, args.mode)))
         return
 
-    peaks = in_subprocess(["--worker", "peak"])
-    rows = []
-    for name in args.configs:
-        rows.append(in_subprocess(["--worker", name, "--repeats", str(args.repeats)]))
-        print(json.dumps(rows[-1]), flush=True)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, Python {platform.python_version()}; matmul peak (4096^3) "
-               f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    report = f"{machine}\n\n{table(rows, peaks)}\n"
-    print(report)
-    if not args.no_write:
-        doc = HERE.parent / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        doc.write_text(text[:start] + "\n" + report + text[end:])
+    started = time.time()
+    peaks = [in_subprocess("ours", ["--worker", "ours", "peak"])]
+    rows = bench(args.configs, args.impls, args.rounds, args.repeats)
+    peaks.append(in_subprocess("ours", ["--worker", "ours", "peak"]))
+    limits = [largest(i, mode) for i in args.impls for mode in ("train", "infer")] if args.largest else []
+    machine = {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version(),
+               "peak_gflops": {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")},
+               "minutes": (time.time() - started) / 60}
+    result = {"machine": machine, "rows": rows, "largest": limits}
+    if args.no_write:
+        print(json.dumps(result))
+        return
+    import report
+
+    report.write(result, HERE.parent / "docs")
 
 
 if __name__ == "__main__":

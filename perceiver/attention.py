@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver.streamed_attention import streamed_attention
+
 
 def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int) -> Tensor | None:
     """Validate a key-padding mask ``[B, M]`` (1/True keep, 0/False pad) and return it as bool."""
@@ -89,18 +91,10 @@ class MultiHeadAttention(nn.Module):
         Returns ``[B, N, out_dim]``, and with ``return_weights`` also the attention weights
         ``[B, heads, N, M]`` (computed explicitly: use it for inspection, not for speed).
         """
-        mask = check_attention_mask(attention_mask, x_kv.shape[0], x_kv.shape[1])
-        q = rearrange(self.q_proj(x_q), "b n (h d) -> b h n d", h=self.num_heads)
-        k = rearrange(self.k_proj(x_kv), "b m (h d) -> b h m d", h=self.num_heads)
-        v = rearrange(self.v_proj(x_kv), "b m (h d) -> b h m d", h=self.num_heads)
-
-        empty = None
-        sdpa_mask = None
-        if mask is not None:
-            empty = ~mask.any(dim=1)  # [B]: examples with no key to attend to
-            # Let empty examples attend everywhere (finite values), then zero their output below.
-            mask = mask | empty[:, None]
-            sdpa_mask = rearrange(mask, "b m -> b 1 1 m")
+        mask, empty = self._mask(attention_mask, x_kv)
+        q = self._heads(self.q_proj(x_q))
+        k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
+        sdpa_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
 
         dropout_p = self.dropout if self.training else 0.0
         if return_weights:
@@ -113,7 +107,41 @@ class MultiHeadAttention(nn.Module):
             out = torch.einsum("bhnm,bhmd->bhnd", F.dropout(weights, dropout_p), v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)
+        out = self._output(out, empty)
+        return (out, weights) if return_weights else out
+
+    def forward_streamed(self, x_q: Tensor, x_kv: Tensor, kv_norm: nn.LayerNorm,
+                         attention_mask: Tensor | None, chunk_size: int) -> Tensor:
+        """``forward(x_q, kv_norm(x_kv), attention_mask)`` with the keys and values computed
+        ``chunk_size`` input elements at a time (``perceiver.streamed_attention``): the same result
+        without ever holding the normalised input, keys or values of all ``M`` elements."""
+        if self.training and self.dropout > 0:
+            raise ValueError(f"dropout: streamed attention has no attention dropout, got {self.dropout}")
+        mask, empty = self._mask(attention_mask, x_kv)
+        q = self._heads(self.q_proj(x_q))
+
+        def key_values(x: Tensor) -> tuple[Tensor, Tensor]:
+            x = kv_norm(x)
+            return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+
+        params = [*kv_norm.parameters(), *self.k_proj.parameters(), *self.v_proj.parameters()]
+        out = streamed_attention(q, x_kv, key_values, params, mask, chunk_size, q.shape[-1] ** -0.5)
+        return self._output(out, empty)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return rearrange(x, "b m (h d) -> b h m d", h=self.num_heads)
+
+    def _mask(self, attention_mask: Tensor | None, x_kv: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(keep-mask ``[B, M]``, examples with no key ``[B]``); an example with no key attends
+        everywhere (finite values) and ``_output`` zeroes its rows."""
+        mask = check_attention_mask(attention_mask, x_kv.shape[0], x_kv.shape[1])
+        if mask is None:
+            return None, None
+        empty = ~mask.any(dim=1)
+        return mask | empty[:, None], empty
+
+    def _output(self, out: Tensor, empty: Tensor | None) -> Tensor:
         out = self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
         if empty is not None:
             out = out.masked_fill(rearrange(empty, "b -> b 1 1"), 0.0)
-        return (out, weights) if return_weights else out
+        return out

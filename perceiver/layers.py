@@ -61,7 +61,9 @@ class CrossAttentionLayer(nn.Module):
     """Queries ``[B, N, q_dim]`` attend to a key/value array ``[B, M, kv_dim]``; output ``[B, N, q_dim]``.
 
     LayerNorm on the queries and on the key/value array, attention (output width ``q_dim``),
-    optional residual to the un-normalised queries, then a residual MLP.
+    optional residual to the un-normalised queries, then a residual MLP. With ``chunk_size`` a
+    key/value array longer than that is normalised, projected and attended to in chunks
+    (``MultiHeadAttention.forward_streamed``): the same output in memory O(chunk) instead of O(M).
     """
 
     def __init__(
@@ -75,8 +77,12 @@ class CrossAttentionLayer(nn.Module):
         query_residual: bool = True,
         dropout: float = 0.0,
         activation: str = "gelu",
+        chunk_size: int | None = None,
     ):
         super().__init__()
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size: expected a positive integer or None, got {chunk_size}")
+        self.chunk_size = chunk_size
         self.q_norm = nn.LayerNorm(q_dim)
         self.kv_norm = nn.LayerNorm(kv_dim)
         self.attention = MultiHeadAttention(
@@ -93,13 +99,23 @@ class CrossAttentionLayer(nn.Module):
         attention_mask: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        attended = self.attention(
-            self.q_norm(x_q), self.kv_norm(x_kv), attention_mask, return_weights=return_weights
-        )
+        if self.streams(x_kv.shape[1]) and not return_weights:
+            attended = self.attention.forward_streamed(self.q_norm(x_q), x_kv, self.kv_norm, attention_mask,
+                                                       self.chunk_size)
+        else:
+            attended = self.attention(
+                self.q_norm(x_q), self.kv_norm(x_kv), attention_mask, return_weights=return_weights
+            )
         attended, weights = attended if return_weights else (attended, None)
         x = attended + x_q if self.query_residual else attended
         x = x + self.mlp(self.mlp_norm(x))
         return (x, weights) if return_weights else x
+
+    def streams(self, length: int) -> bool:
+        """Whether a key/value array of ``length`` elements goes through in chunks (longer than
+        ``chunk_size``, and not while training with attention dropout, which streaming lacks)."""
+        dropout = self.training and self.attention.dropout > 0
+        return self.chunk_size is not None and length > self.chunk_size and not dropout
 
 
 class SelfAttentionLayer(nn.Module):

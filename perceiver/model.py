@@ -33,7 +33,9 @@ class EncoderConfig:
     ``*_qk_dim``/``*_v_dim`` default to the query width (``latent_dim``). The stack of
     ``num_self_layers`` layers is applied ``num_blocks`` times with shared weights. With
     ``cross_attend_every_block`` (the original Perceiver) every block starts with a cross-attention
-    to the input; blocks after the first share one cross-attention's weights.
+    to the input; blocks after the first share one cross-attention's weights. ``cross_chunk_size``
+    streams inputs longer than that through the cross-attention in chunks (same outputs and
+    gradients; memory O(chunk) instead of O(M); the backward pass recomputes the keys and values).
     """
 
     num_latents: int = 256
@@ -53,6 +55,7 @@ class EncoderConfig:
     dropout: float = 0.0
     activation: str = "gelu"
     checkpointing: bool = False
+    cross_chunk_size: int | None = None
 
 
 @dataclass
@@ -107,7 +110,7 @@ class PerceiverEncoder(nn.Module):
             return CrossAttentionLayer(
                 d, input_dim, config.num_cross_heads, config.cross_qk_dim, config.cross_v_dim,
                 config.cross_widening_factor, config.query_residual, config.dropout,
-                config.activation,
+                config.activation, config.cross_chunk_size,
             )
 
         self.cross_attention = cross_attention()
@@ -125,7 +128,8 @@ class PerceiverEncoder(nn.Module):
             z, w = layer(z, x, attention_mask, return_weights=True)
             weights.setdefault("cross", w)
             return z
-        if self.self_attention.checkpointing and self.training and torch.is_grad_enabled():
+        checkpointing = self.self_attention.checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and not layer.streams(x.shape[1]):  # streaming keeps little anyway
             return checkpoint(layer, z, x, attention_mask, use_reentrant=False)
         return layer(z, x, attention_mask)
 

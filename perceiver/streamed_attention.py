@@ -1,0 +1,139 @@
+"""Cross-attention to a long input array, streamed in chunks: memory O(chunk) instead of O(M).
+
+The encoder's cross-attention normalises and projects every input element to keys and values
+(``[B, M, qk_dim + v_dim]``, several times the input's own size) and autograd keeps them for the
+backward pass. ``streamed_attention`` walks the input in chunks of ``chunk_size`` elements
+instead: each chunk is normalised and projected, attended to, and the partial outputs are merged
+exactly through their log-sum-exp. The backward pass recomputes each chunk's keys and values (one
+more projection of the input) and feeds the merged output and log-sum-exp to the chunk's
+attention backward, so the gradients are those of attention over the whole array. Without
+gradients nothing is kept: inference over M elements needs memory for the input and one chunk.
+
+On CPU each chunk runs PyTorch's fused flash-attention kernel; on other devices an explicit
+softmax over the chunk's scores ``[B, H, N, chunk]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+aten = torch.ops.aten
+KeyValues = Callable[[Tensor], tuple[Tensor, Tensor]]  # x chunk [B, c, C] -> k, v [B, H, c, D]
+
+
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Bool keep-mask ``[B, c]`` -> additive ``[B, 1, 1, c]`` (a large finite negative, not -inf, so
+    that a chunk whose keys are all masked gives finite values and a merge weight of zero)."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min)[:, None, None, :]
+
+
+def _accumulator(q: Tensor) -> torch.dtype:
+    return torch.promote_types(q.dtype, torch.float32)
+
+
+def fused(q: Tensor, v: Tensor) -> bool:
+    """Whether PyTorch's CPU flash kernel takes these shapes (CPU, equal q/k and v head widths)."""
+    return q.device.type == "cpu" and q.shape[-1] == v.shape[-1]
+
+
+def _chunk_forward(q, k, v, bias, scale, use_fused) -> tuple[Tensor, Tensor]:
+    """Attention of ``q [B, H, N, D]`` over one chunk: output ``[B, H, N, Dv]``, lse ``[B, H, N]``."""
+    if use_fused:
+        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
+                                                                scale=scale)
+    scores = (q @ k.transpose(-1, -2)).to(_accumulator(q)) * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = scores.logsumexp(-1)
+    return ((scores - lse[..., None]).exp().to(v.dtype) @ v), lse
+
+
+def _chunk_backward(grad, q, k, v, out, lse, bias, scale, use_fused) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of one chunk's share of the attention whose merged output is ``out``."""
+    if use_fused:
+        return aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, False, attn_mask=bias, scale=scale)
+    acc = _accumulator(q)
+    scores = (q @ k.transpose(-1, -2)).to(acc) * scale
+    if bias is not None:
+        scores = scores + bias
+    p = (scores - lse[..., None]).exp()
+    dv = p.to(v.dtype).transpose(-1, -2) @ grad
+    dp = (grad @ v.transpose(-1, -2)).to(acc)
+    ds = p * (dp - (grad.to(acc) * out.to(acc)).sum(-1, keepdim=True)) * scale
+    return (ds.to(q.dtype) @ k), (ds.to(q.dtype).transpose(-1, -2) @ q), dv
+
+
+class _StreamedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, x, mask, key_values, chunk_size, scale, use_fused, *params):
+        out = lse = None
+        for start in range(0, x.shape[1], chunk_size):
+            part = slice(start, start + chunk_size)
+            k, v = key_values(x[:, part])
+            bias = _additive(None if mask is None else mask[:, part], q.dtype)
+            use_fused = fused(q, v) if use_fused is None else use_fused
+            o, o_lse = _chunk_forward(q, k, v, bias, scale, use_fused)
+            lse_dtype = o_lse.dtype
+            o, o_lse = o.to(_accumulator(q)), o_lse.to(_accumulator(q))
+            if out is None:
+                out, lse = o, o_lse
+                continue
+            merged = torch.logaddexp(lse, o_lse)
+            out = out * (lse - merged).exp()[..., None] + o * (o_lse - merged).exp()[..., None]
+            lse = merged
+        out = out.to(q.dtype)
+        device = q.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.key_values, ctx.chunk_size, ctx.scale, ctx.use_fused = key_values, chunk_size, scale, use_fused
+        ctx.save_for_backward(q, x, mask, out, lse.to(lse_dtype), *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, x, mask, out, lse, *params = ctx.saved_tensors
+        device, autocast, dtype = ctx.autocast
+        grad = grad.contiguous()
+        dq = torch.zeros_like(q, dtype=_accumulator(q))
+        dx = torch.empty_like(x) if ctx.needs_input_grad[1] else None
+        dparams = [None] * len(params)
+        for start in range(0, x.shape[1], ctx.chunk_size):
+            part = slice(start, start + ctx.chunk_size)
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
+                xc = x[:, part].detach().requires_grad_(dx is not None)
+                k, v = ctx.key_values(xc)
+            bias = _additive(None if mask is None else mask[:, part], q.dtype)
+            dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, bias,
+                                           ctx.scale, ctx.use_fused)
+            dq += dq_c
+            inputs = ([xc] if dx is not None else []) + [p for p in params if p.requires_grad]
+            grads = list(torch.autograd.grad((k, v), inputs, (dk, dv), allow_unused=True))
+            if dx is not None:
+                dx[:, part] = grads.pop(0)
+            for i, p in enumerate(params):
+                if p.requires_grad:
+                    g = grads.pop(0)
+                    if g is not None:
+                        dparams[i] = g if dparams[i] is None else dparams[i] + g
+        return (dq.to(q.dtype), dx, None, None, None, None, None, *dparams)
+
+
+def streamed_attention(q: Tensor, x: Tensor, key_values: KeyValues, params: Sequence[Tensor],
+                       mask: Tensor | None, chunk_size: int, scale: float,
+                       use_fused: bool | None = None) -> Tensor:
+    """Attention of ``q [B, H, N, D]`` over the keys and values of input ``x [B, M, C]``, computed
+    ``chunk_size`` elements at a time by ``key_values`` (whose weights are ``params``).
+
+    ``mask [B, M]`` (bool, True = keep) hides keys; every example must keep at least one. Returns
+    ``[B, H, N, Dv]``. No attention dropout. ``use_fused`` picks the chunk kernel: PyTorch's CPU
+    flash kernel or the explicit softmax (default: the flash kernel wherever ``fused`` allows).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    return _StreamedAttention.apply(q, x, mask, key_values, chunk_size, scale, use_fused, *params)

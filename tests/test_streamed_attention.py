@@ -1,0 +1,80 @@
+"""Streamed (chunked) cross-attention equals attention over the whole input, in float64: outputs
+and the gradients of queries, input and every weight; both chunk kernels; masks; autocast."""
+
+import pytest
+import torch
+
+from perceiver import PerceiverIO, presets
+from perceiver.layers import CrossAttentionLayer
+from perceiver.streamed_attention import streamed_attention
+
+
+def _grads(layer, z, x, mask, g):
+    out = layer(z, x, mask)
+    return out, torch.autograd.grad(out, [z, x, *layer.parameters()], g)
+
+
+@pytest.mark.parametrize("v_dim", [24, 20])  # equal head widths use the CPU flash kernel
+@pytest.mark.parametrize("masked", [False, True])
+def test_layer_matches_unchunked(v_dim, masked):
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(32, 16, 4, 24, v_dim).double()
+    for p in layer.parameters():  # LayerNorm weights away from 1 and 0 so that their gradients count
+        torch.nn.init.normal_(p, std=0.5)
+    z = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 100, 16, dtype=torch.float64, requires_grad=True)
+    mask = None
+    if masked:
+        mask = torch.rand(3, 100) > 0.3
+        mask[1] = False  # no key at all: zeros, as without chunks
+        mask[2, :40] = False  # the first chunks of an example entirely masked
+    g = torch.randn(3, 8, 32, dtype=torch.float64)
+    ref, ref_grads = _grads(layer, z, x, mask, g)
+    layer.chunk_size = 17
+    out, grads = _grads(layer, z, x, mask, g)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("use_fused", [True, False])
+def test_kernels_agree(use_fused):
+    torch.manual_seed(1)
+    q = torch.randn(2, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 50, 6, dtype=torch.float64, requires_grad=True)
+    wk, wv = (torch.randn(6, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def key_values(xc):
+        return tuple((xc @ w).unflatten(-1, (2, 8)).transpose(1, 2) for w in (wk, wv))
+
+    k, v = key_values(x)
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v  # the textbook formula
+    out = streamed_attention(q, x, key_values, [wk, wv], None, 7, 8**-0.5, use_fused=use_fused)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, [q, x, wk, wv], g), torch.autograd.grad(ref, [q, x, wk, wv], g),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_model_bf16_autocast_close_to_fp32():
+    torch.manual_seed(0)
+    config = presets.byte_classifier(num_classes=3, max_seq_len=64, dim=16, num_latents=8, latent_dim=32,
+                                     num_layers=1, num_heads=2, cross_chunk_size=16)
+    model = PerceiverIO(config)
+    ids = torch.randint(0, 262, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_bf16 = model(ids).logits.float().square().sum()
+    loss_bf16.backward()  # recomputes the chunks under autocast too
+    grad_bf16 = model.input_adapter.embedding.weight.grad.clone()
+    model.zero_grad()
+    loss = model(ids).logits.square().sum()
+    loss.backward()
+    grad = model.input_adapter.embedding.weight.grad
+    assert abs(loss_bf16.item() - loss.item()) <= 0.05 * abs(loss.item())
+    assert torch.linalg.vector_norm(grad_bf16 - grad) <= 0.1 * torch.linalg.vector_norm(grad)
+
+
+def test_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        CrossAttentionLayer(8, 8, chunk_size=0)
