@@ -27,7 +27,7 @@ test: lint
 	$(PY) -m pytest -q -x --durations=10
 
 bench: venv
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --largest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -34,7 +34,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"
-IMPLS = ("ours", "hf", "kr", "lu")
+IMPLS = ("ours", "ours-compiled", "hf", "kr", "lu")
+BASE_IMPLS = ("ours", "hf", "kr", "lu")  # every configuration but HiP; ours-compiled runs config A only
 PEER_PACKAGES = {  # pip install --no-deps --target PEERS/<impl>
     "kr": ["--ignore-requires-python", "perceiver-io==0.11.0", "einops>=0.4,<0.5", "fairscale>=0.4,<0.5"],
     "lu": ["perceiver-pytorch==0.11.0"],
@@ -44,8 +45,8 @@ A = dict(kind="mlm", length=2048, batch=4, dim=512, latents=256, latent_dim=512,
 B = dict(kind="classify", batch=1, dim=256, latents=256, latent_dim=512, layers=6, heads=8, cross_qk=512,
          decoder_qk=512, classes=10)
 CONFIGS = {
-    "A": A,
-    "A-bf16": dict(A, bf16=True),
+    "A": dict(A, impls=IMPLS),
+    "A-bf16": dict(A, bf16=True, impls=IMPLS),
     "language-perceiver": dict(A, batch=2, language_perceiver=True),
     "B-8k": dict(B, length=8192),
     "B-32k": dict(B, length=32768),
@@ -133,10 +134,13 @@ def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
         with torch.no_grad():
             fp32, bf16 = float(loss_of(run(x))), float(infer())
         row["loss_rel_diff"] = abs(bf16 - fp32) / abs(fp32)
-    row["flop"] = count_flops(step)
     row["train_s"] = timed(step, repeats)
     row["infer_s"] = timed(infer, repeats)
     row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    counted = getattr(run, "eager", run)  # the FLOP counter does not see inside compiled code
+    for layer in getattr(run, "streamed", []):  # counted whole, after the peak RSS is taken
+        layer.chunk_size = None
+    row["flop"] = count_flops(lambda: loss_of(counted(x)).backward())
     return row
 
 
@@ -161,7 +165,7 @@ def in_subprocess(impl: str, args: list[str], timeout: float | None = None) -> d
 def bench(configs: list[str], impls: list[str], rounds: int, repeats: int) -> list[dict]:
     rows = []
     for config in configs:
-        names = [i for i in impls if i in CONFIGS[config].get("impls", IMPLS)]
+        names = [i for i in impls if i in CONFIGS[config].get("impls", BASE_IMPLS)]
         runs = {impl: [] for impl in names}
         for _ in range(rounds):
             for impl in names:
@@ -206,6 +210,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="processes per implementation and config")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per process")
     parser.add_argument("--largest", action="store_true", help="also search the largest trainable M")
+    parser.add_argument("--largest-start", type=int, default=131072, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ as it is")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="bench", help=argparse.SUPPRESS)
@@ -221,7 +226,8 @@ def main(argv=None):
     peaks = [in_subprocess("ours", ["--worker", "ours", "peak"])]
     rows = bench(args.configs, args.impls, args.rounds, args.repeats)
     peaks.append(in_subprocess("ours", ["--worker", "ours", "peak"]))
-    limits = [largest(i, mode) for i in args.impls for mode in ("train", "infer")] if args.largest else []
+    searched = [i for i in args.impls if i in BASE_IMPLS] if args.largest else []
+    limits = [largest(i, mode, args.largest_start) for i in searched for mode in ("train", "infer")]
     machine = {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(),
                "peak_gflops": {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")},

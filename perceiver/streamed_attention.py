@@ -76,7 +76,7 @@ class _StreamedAttention(torch.autograd.Function):
         out = lse = None
         for start in range(0, x.shape[1], chunk_size):
             part = slice(start, start + chunk_size)
-            k, v = key_values(x[:, part])
+            k, v = key_values(x.detach()[:, part])  # views of x here would claim requires_grad
             bias = _additive(None if mask is None else mask[:, part], q.dtype)
             use_fused = fused(q, v) if use_fused is None else use_fused
             o, o_lse = _chunk_forward(q, k, v, bias, scale, use_fused)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from perceiver.config import register
@@ -38,5 +37,6 @@ class TokenInputAdapter(nn.Module):
         if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
-        index = torch.arange(length, device=inputs.device)
-        return self.embedding(inputs.long()) + self.positions(index), attention_mask
+        x = self.embedding(inputs.long())
+        x += self.positions()[:length]  # in place, and a view of the table: no [B, L, dim] copies
+        return x, attention_mask
