@@ -103,16 +103,20 @@ class _StreamedAttention(torch.autograd.Function):
         dq = torch.zeros_like(q, dtype=_accumulator(q))
         dx = torch.empty_like(x) if ctx.needs_input_grad[1] else None
         dparams = [None] * len(params)
+        trained = [p for p in params if p.requires_grad]
         for start in range(0, x.shape[1], ctx.chunk_size):
             part = slice(start, start + ctx.chunk_size)
-            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
-                xc = x[:, part].detach().requires_grad_(dx is not None)
+            xc = x[:, part].detach().requires_grad_(dx is not None)
+            with torch.set_grad_enabled(dx is not None or bool(trained)), \
+                    torch.autocast(device, dtype=dtype, enabled=autocast):
                 k, v = ctx.key_values(xc)
             bias = _additive(None if mask is None else mask[:, part], q.dtype)
             dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, bias,
                                            ctx.scale, ctx.use_fused)
             dq += dq_c
-            inputs = ([xc] if dx is not None else []) + [p for p in params if p.requires_grad]
+            inputs = ([xc] if dx is not None else []) + trained
+            if not inputs:  # only the queries learn
+                continue
             grads = list(torch.autograd.grad((k, v), inputs, (dk, dv), allow_unused=True))
             if dx is not None:
                 dx[:, part] = grads.pop(0)

@@ -63,12 +63,15 @@ def test_model_bf16_autocast_close_to_fp32():
                                      num_layers=1, num_heads=2, cross_chunk_size=16)
     model = PerceiverIO(config)
     ids = torch.randint(0, 262, (2, 64))
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[0, 30:] = False  # padding in the last chunks of one example and the first of the other
+    mask[1, :20] = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss_bf16 = model(ids).logits.float().square().sum()
+        loss_bf16 = model(ids, attention_mask=mask).logits.float().square().sum()
     loss_bf16.backward()  # recomputes the chunks under autocast too
     grad_bf16 = model.input_adapter.embedding.weight.grad.clone()
     model.zero_grad()
-    loss = model(ids).logits.square().sum()
+    loss = model(ids, attention_mask=mask).logits.square().sum()
     loss.backward()
     grad = model.input_adapter.embedding.weight.grad
     assert abs(loss_bf16.item() - loss.item()) <= 0.05 * abs(loss.item())
@@ -78,3 +81,19 @@ def test_model_bf16_autocast_close_to_fp32():
 def test_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         CrossAttentionLayer(8, 8, chunk_size=0)
+
+
+def test_only_queries_learn():
+    """Frozen input path (no gradient for the input or the key/value weights): the queries still
+    get the unchunked gradient."""
+    torch.manual_seed(2)
+    layer = CrossAttentionLayer(16, 8, 2).double()
+    x = torch.randn(2, 40, 8, dtype=torch.float64)
+    for p in [*layer.kv_norm.parameters(), *layer.attention.k_proj.parameters(),
+              *layer.attention.v_proj.parameters()]:
+        p.requires_grad_(False)
+    z = torch.randn(2, 4, 16, dtype=torch.float64, requires_grad=True)
+    (ref,) = torch.autograd.grad(layer(z, x).sum(), z)
+    layer.chunk_size = 9
+    (got,) = torch.autograd.grad(layer(z, x).sum(), z)
+    torch.testing.assert_close(got, ref)
