@@ -183,8 +183,8 @@ def bench(configs: list[str], impls: list[str], rounds: int, repeats: int) -> li
     return rows
 
 
-def largest(impl: str, mode: str, start: int = 131072, steps: int = 3) -> dict:
-    """The largest B length (doubling from ``start``, then ``steps`` bisections) whose one ``mode``
+def largest(impl: str, mode: str, start: int = 131072, steps: int = 1) -> dict:
+    """The largest B length (doubling from ``start``, then ``steps`` bisection) whose one ``mode``
     step runs under RLIMIT_DATA = MEMORY_LIMIT."""
     def fits(length: int) -> bool:
         result = in_subprocess(impl, ["--worker", impl, f"B-8k@{length}", "--mode", mode], timeout=1200)

@@ -92,7 +92,7 @@ class MultiHeadAttention(nn.Module):
         ``[B, heads, N, M]`` (computed explicitly: use it for inspection, not for speed).
         """
         mask, empty = self._mask(attention_mask, x_kv)
-        q = self._heads(self.q_proj(x_q))
+        q = self._queries(x_q, x_kv)
         k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
         sdpa_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
 
@@ -118,7 +118,7 @@ class MultiHeadAttention(nn.Module):
         if self.training and self.dropout > 0:
             raise ValueError(f"dropout: streamed attention has no attention dropout, got {self.dropout}")
         mask, empty = self._mask(attention_mask, x_kv)
-        q = self._heads(self.q_proj(x_q))
+        q = self._queries(x_q, x_kv)
 
         def key_values(x: Tensor) -> tuple[Tensor, Tensor]:
             x = kv_norm(x)
@@ -127,6 +127,12 @@ class MultiHeadAttention(nn.Module):
         params = [*kv_norm.parameters(), *self.k_proj.parameters(), *self.v_proj.parameters()]
         out = streamed_attention(q, x_kv, key_values, params, mask, chunk_size, q.shape[-1] ** -0.5)
         return self._output(out, empty)
+
+    def _queries(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
+        """Projected queries ``[B, H, N, d]``; one row of queries (``[1, N, q_dim]``) serves the
+        whole batch of ``x_kv``."""
+        q = self._heads(self.q_proj(x_q))
+        return q.expand(x_kv.shape[0], -1, -1, -1) if q.shape[0] == 1 else q
 
     def _heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b m (h d) -> b h m d", h=self.num_heads)

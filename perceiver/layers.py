@@ -99,13 +99,14 @@ class CrossAttentionLayer(nn.Module):
         attention_mask: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        # queries every example shares (an expanded [N, q_dim] array: learned latents or output
+        # queries) are normalised and projected once, not once per example
+        shared = x_q.shape[0] > 1 and x_q.stride(0) == 0
+        q = self.q_norm(x_q[:1] if shared else x_q)
         if self.streams(x_kv.shape[1]) and not return_weights:
-            attended = self.attention.forward_streamed(self.q_norm(x_q), x_kv, self.kv_norm, attention_mask,
-                                                       self.chunk_size)
+            attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
         else:
-            attended = self.attention(
-                self.q_norm(x_q), self.kv_norm(x_kv), attention_mask, return_weights=return_weights
-            )
+            attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
         x = attended + x_q if self.query_residual else attended
         x = x + self.mlp(self.mlp_norm(x))

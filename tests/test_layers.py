@@ -83,3 +83,19 @@ def test_residual_dropout_and_drop_path_are_identities_in_eval():
     torch.testing.assert_close(noisy(x), plain(x))
     noisy.train()
     assert not torch.allclose(noisy(x), plain(x))
+
+
+def test_shared_queries_projected_once_same_result():
+    """Queries every example shares (an expanded view, as learned latents and output queries are)
+    take the project-once path; outputs and gradients equal those of the materialised queries."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 8, num_heads=2).double()
+    table = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 7, 8, dtype=torch.float64)
+    shared = table.expand(3, -1, -1)
+    assert shared.stride(0) == 0
+    out = layer(shared, x)
+    ref = layer(shared.contiguous(), x)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, table, g)[0], torch.autograd.grad(ref, table, g)[0])
