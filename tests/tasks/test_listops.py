@@ -68,3 +68,13 @@ def test_splits_are_disjoint_and_cached(tmp_path):
     again = listops.splits(tmp_path, sizes=sizes)
     assert again["test"]["Source"] == first["test"]["Source"]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_parse_inverts_to_text_and_shallow_value(sample):
+    for source, target in zip(sample["Source"][:50], sample["Target"][:50], strict=True):
+        tree = listops.parse(source)
+        assert listops.to_text(tree) == source
+        assert listops.value(tree) == target
+        assert listops.shallow_value(tree, 10) == target  # deep enough: exact
+    tree = ("[SM", [1, ("[MAX", [2, ("[MIN", [7, 8])])])
+    assert [listops.shallow_value(tree, levels) for levels in (0, 1, 2, 3)] == [5, 0, 3, 8]
