@@ -9,8 +9,9 @@ more projection of the input) and feeds the merged output and log-sum-exp to the
 attention backward, so the gradients are those of attention over the whole array. Without
 gradients nothing is kept: inference over M elements needs memory for the input and one chunk.
 
-On CPU each chunk runs PyTorch's fused flash-attention kernel; on other devices an explicit
-softmax over the chunk's scores ``[B, H, N, chunk]``.
+On CPU, with q/k and v heads of one width, each chunk runs PyTorch's fused flash-attention
+kernel; otherwise (other devices, unequal widths) an explicit softmax over the chunk's scores
+``[B, H, N, chunk]``, which on GPU is slower than the fused kernels there (untested on GPU).
 """
 
 from __future__ import annotations
