@@ -11,7 +11,7 @@ gradients nothing is kept: inference over M elements needs memory for the input 
 
 On CPU, with q/k and v heads of one width, each chunk runs PyTorch's fused flash-attention
 kernel; otherwise (other devices, unequal widths) an explicit softmax over the chunk's scores
-``[B, H, N, chunk]``, which on GPU is slower than the fused kernels there (untested on GPU).
+``[B, H, N, chunk]`` (tested on CPU against the flash kernel; not yet run on a GPU).
 """
 
 from __future__ import annotations
