@@ -10,11 +10,11 @@ installed on first use into benchmarks/.peers/ (pip --target, no dependencies be
 krasserm's package is also called ``perceiver`` and needs einops < 0.5, so each runs in its own
 process with its own path). Configurations follow ../shared/reference/peers.md (CONFIGS below).
 
-Every (implementation, configuration) runs in a fresh process: parameters, FLOPs of one step
-(``benchmarks/flops.py``), then one warm-up and ``--repeats`` timed forward+backward steps, the same
-for no-grad forward, and the process's peak RSS. ``--rounds`` repeats that, interleaving the
-implementations (ours, hf, kr, lu, ours, hf, ...); times are medians over all rounds' steps. The
-fp32/bf16 matmul peak (4096^3) is measured in the same run, first and last.
+Every (implementation, configuration) runs in a fresh process: two warm-up steps, then
+``--repeats`` timed forward+backward steps, the same for no-grad forward, the process's peak RSS,
+and last the FLOPs of one step (``benchmarks/flops.py``). ``--rounds`` repeats that, interleaving
+the implementations (ours, hf, kr, lu, then lu, kr, hf, ours, ...); times are medians over all
+rounds' steps. The fp32/bf16 matmul peak (4096^3) is measured in the same run, first and last.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def inputs(spec: dict, generator: torch.Generator):
     return ids, lambda out: F.cross_entropy(out.float(), labels)
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
+def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -167,8 +168,8 @@ def bench(configs: list[str], impls: list[str], rounds: int, repeats: int) -> li
     for config in configs:
         names = [i for i in impls if i in CONFIGS[config].get("impls", BASE_IMPLS)]
         runs = {impl: [] for impl in names}
-        for _ in range(rounds):
-            for impl in names:
+        for round in range(rounds):
+            for impl in names if round % 2 == 0 else names[::-1]:  # who goes first alternates
                 runs[impl].append(in_subprocess(impl, ["--worker", impl, config, "--repeats", str(repeats)]))
         for impl, results in runs.items():
             ok = [r for r in results if "failed" not in r]
