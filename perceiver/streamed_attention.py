@@ -104,7 +104,7 @@ class _StreamedAttention(torch.autograd.Function):
         dq = torch.zeros_like(q, dtype=_accumulator(q))
         dx = torch.empty_like(x) if ctx.needs_input_grad[1] else None
         dparams = [None] * len(params)
-        trained = [p for p in params if p.requires_grad]
+        trained = [i for i, p in enumerate(params) if p.requires_grad]
         for start in range(0, x.shape[1], ctx.chunk_size):
             part = slice(start, start + ctx.chunk_size)
             xc = x[:, part].detach().requires_grad_(dx is not None)
@@ -115,17 +115,15 @@ class _StreamedAttention(torch.autograd.Function):
             dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, bias,
                                            ctx.scale, ctx.use_fused)
             dq += dq_c
-            inputs = ([xc] if dx is not None else []) + trained
+            inputs = ([xc] if dx is not None else []) + [params[i] for i in trained]
             if not inputs:  # only the queries learn
                 continue
-            grads = list(torch.autograd.grad((k, v), inputs, (dk, dv), allow_unused=True))
+            grads = torch.autograd.grad((k, v), inputs, (dk, dv), allow_unused=True)
             if dx is not None:
-                dx[:, part] = grads.pop(0)
-            for i, p in enumerate(params):
-                if p.requires_grad:
-                    g = grads.pop(0)
-                    if g is not None:
-                        dparams[i] = g if dparams[i] is None else dparams[i] + g
+                dx[:, part], grads = grads[0], grads[1:]
+            for i, g in zip(trained, grads, strict=True):
+                if g is not None:
+                    dparams[i] = g if dparams[i] is None else dparams[i] + g
         return (dq.to(q.dtype), dx, None, None, None, None, None, *dparams)
 
 
