@@ -58,7 +58,8 @@ PRESETS = {
                                 save_every=250)),
         # without the shifts the label overfits (training cross-entropy 0.002 by step 2,000, validation
         # accuracy falling from 0.958 at step 1,500 to 0.940)
-        "av-digits": dict(task=dict(label_mask_prob=0.8, shift_pixels=2, shift_samples=128),
+        # the label always masked and weighted 0.5: test label accuracy 0.942 -> 0.992 (README)
+        "av-digits": dict(task=dict(label_mask_prob=1.0, label_weight=0.5, shift_pixels=2, shift_samples=128),
                           train=dict(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250,
                                      save_every=250)),
     },
