@@ -1,4 +1,5 @@
-"""Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels.
+"""Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
+(small attentions under bf16 autocast on CPU run as explicit matmuls, which are faster there).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -9,7 +10,6 @@ decoder's cross-attention (output queries attend to the latents).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,23 @@ def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int)
         if bool(bad.any()):
             raise ValueError("attention_mask: expected values 0 (pad) or 1 (keep), got other values")
     return attention_mask.bool()
+
+
+# Under bf16 autocast on CPU, attention over at most this many scores (batch x heads x queries x
+# keys) runs as two bf16 matmuls and a softmax instead of the CPU flash kernel: config A's bf16 step
+# (benchmarks/run.py) took 0.82 s against 0.92 s that way (medians of 4 interleaved processes).
+# Larger score matrices keep the fused kernel, whose memory does not grow with them; fp32 keeps it
+# always (explicit attention was slower there: 2.07 s against 1.59 s).
+EXPLICIT_BF16_MAX_SCORES = 2**22
+
+
+def explicit_pays(q: Tensor, k: Tensor) -> bool:
+    """Whether ``q [B, H, N, d]`` attending to ``k [B, H, M, d]`` runs faster as explicit matmuls."""
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BF16_MAX_SCORES
 
 
 class MultiHeadAttention(nn.Module):
@@ -97,14 +114,14 @@ class MultiHeadAttention(nn.Module):
         sdpa_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
 
         dropout_p = self.dropout if self.training else 0.0
-        if return_weights:
-            scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
+        if return_weights or explicit_pays(q, k):
+            scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
             if sdpa_mask is not None:
                 scores = scores.masked_fill(~sdpa_mask, float("-inf"))
             weights = scores.softmax(dim=-1)
             if empty is not None:
                 weights = weights.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
-            out = torch.einsum("bhnm,bhmd->bhnd", F.dropout(weights, dropout_p), v)
+            out = torch.matmul(F.dropout(weights, dropout_p), v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)
         out = self._output(out, empty)

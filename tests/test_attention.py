@@ -3,7 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perceiver.attention import MultiHeadAttention
+from perceiver import attention
+from perceiver.attention import MultiHeadAttention, explicit_pays
 from tests import reference
 
 WIDTHS = [  # q_dim, kv_dim, heads, qk_dim, v_dim, out_dim
@@ -54,6 +55,40 @@ def test_all_masked_rows_give_zeros_and_finite_gradients():
     assert all(torch.isfinite(p.grad).all() for p in mha.parameters())
     _, weights = mha(x_q, x_kv, mask, return_weights=True)
     assert float(weights[1].detach().abs().max()) == 0.0
+
+
+def test_explicit_bf16_path_is_taken_only_for_small_cpu_autocast_attentions(monkeypatch):
+    q, k = torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 32, 8)  # 4,096 scores
+    assert not explicit_pays(q, k)  # fp32: the fused kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert explicit_pays(q, k)
+        monkeypatch.setattr(attention, "EXPLICIT_BF16_MAX_SCORES", 4095)
+        assert not explicit_pays(q, k)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bf16_autocast_matches_float64_reference(monkeypatch, fused):
+    """Both bf16 paths (explicit matmuls for small attentions, the fused kernel otherwise), with a
+    padded and an empty example: outputs and input gradients against float64."""
+    if fused:
+        monkeypatch.setattr(attention, "EXPLICIT_BF16_MAX_SCORES", 0)
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 24, 4, 32, 16).eval()
+    x_q, x_kv = torch.randn(3, 6, 32, requires_grad=True), torch.randn(3, 40, 24, requires_grad=True)
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    mask[2] = False
+    expected = reference.attention(mha, x_q, x_kv, mask)
+    (expected_q, expected_kv) = torch.autograd.grad(expected.sum(), (x_q, x_kv))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mha(x_q, x_kv, mask)
+    got_q, got_kv = torch.autograd.grad(got.float().sum(), (x_q, x_kv))
+    scale = float(expected.detach().abs().max())
+    torch.testing.assert_close(got.double(), expected, atol=2e-2 * scale, rtol=0)
+    assert float(got[2].abs().max()) == 0.0
+    torch.testing.assert_close(got_q.double(), expected_q.double(), atol=3e-2 * float(expected_q.abs().max()), rtol=0)
+    torch.testing.assert_close(got_kv.double(), expected_kv.double(), atol=3e-2 * float(expected_kv.abs().max()), rtol=0)
+    assert float(got_kv[1, 25:].abs().max()) == 0.0
 
 
 @given(
