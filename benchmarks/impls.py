@@ -4,7 +4,10 @@ them (krasserm's package is also called ``perceiver``; it runs with its own path
 
 Every implementation is built to the same shapes (``spec``, a dict from run.CONFIGS):
     kind        "mlm": one learned query per position, logits tied to the embedding;
-                "classify": one learned query, ``classes`` logits; "hip": HiP-16 (ours only)
+                "classify": one learned query, ``classes`` logits; "hip": HiP-16 (ours only);
+                "kinetics": DeepMind's Kinetics-700 video + audio + label autoencoder (ours and
+                transformers; the other two have no multimodal autoencoder), decoding the
+                subsampled queries ``run`` is given beside the inputs
     length, dim the byte sequence length and the embedding width (learned positions added)
     latents, latent_dim, layers, heads
     cross_qk    q/k (= v) width of the encoder cross-attention; the decoder's is ``decoder_qk``
@@ -28,6 +31,10 @@ def ours(spec: dict):
 
         model = build_hip("16", {"signal": (spec["length"], 1)})
         return model, lambda x: model({"signal": x}).logits["signal"]
+
+    if spec["kind"] == "kinetics":
+        model = PerceiverIO(presets.kinetics_autoencoder())
+        return model, lambda x: model(x[0], query_index=x[1]).logits
 
     common = dict(max_seq_len=spec["length"], dim=spec["dim"], num_latents=spec["latents"],
                   latent_dim=spec["latent_dim"], num_layers=spec["layers"], num_heads=spec["heads"])
@@ -65,15 +72,23 @@ def hf(spec: dict):
     import transformers
     from transformers.models.perceiver import modeling_perceiver as hf
 
+    no_dropout = dict(attention_probs_dropout_prob=0.0)  # as every other implementation here
+    if spec["kind"] == "kinetics":  # deepmind/multimodal-perceiver's configuration
+        config = transformers.PerceiverConfig(
+            num_latents=784, d_latents=512, num_self_attends_per_block=8, num_self_attention_heads=8,
+            num_cross_attention_heads=1, num_labels=700, image_size=224, **no_dropout)
+        model = transformers.PerceiverForMultimodalAutoencoding(config)
+        return model, lambda x: model(inputs=x[0], subsampled_output_points=x[1]).logits
     if spec.get("language_perceiver"):  # deepmind/language-perceiver's configuration
-        config = transformers.PerceiverConfig(qk_channels=256, v_channels=1280)
+        config = transformers.PerceiverConfig(qk_channels=256, v_channels=1280, **no_dropout)
         model = transformers.PerceiverForMaskedLM(config)
         return model, lambda ids: model(inputs=ids).logits
     config = transformers.PerceiverConfig(
         d_model=spec["dim"], vocab_size=VOCAB, max_position_embeddings=spec["length"],
         num_latents=spec["latents"], d_latents=spec["latent_dim"], num_self_attends_per_block=spec["layers"],
         num_self_attention_heads=spec["heads"], num_cross_attention_heads=spec["heads"],
-        qk_channels=spec["cross_qk"], v_channels=spec["cross_qk"], num_labels=spec.get("classes", 2))
+        qk_channels=spec["cross_qk"], v_channels=spec["cross_qk"], num_labels=spec.get("classes", 2),
+        **no_dropout)
     if spec["kind"] == "mlm":
         decoder = hf.PerceiverBasicDecoder(
             config, output_num_channels=spec["dim"], output_index_dims=spec["length"],

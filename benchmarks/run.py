@@ -51,6 +51,7 @@ CONFIGS = {
     "B-8k": dict(B, length=8192),
     "B-32k": dict(B, length=32768),
     "B-131k": dict(B, length=131072),
+    "multimodal": dict(kind="kinetics", batch=1, impls=("ours", "hf")),
     "HiP-16-64k": dict(kind="hip", length=65536, batch=1, impls=("ours",)),
     "HiP-16-256k": dict(kind="hip", length=262144, batch=1, impls=("ours",)),
     "HiP-16-1M": dict(kind="hip", length=1048576, batch=1, impls=("ours",)),
@@ -75,6 +76,8 @@ def inputs(spec: dict, generator: torch.Generator):
     """(model input, loss function of the output) for one step of ``spec``."""
     import torch.nn.functional as F
 
+    if spec["kind"] == "kinetics":  # 16 x 224 x 224 video, 30,720 audio samples, a label (masked)
+        return kinetics_inputs(spec["batch"], generator)
     b, m = spec["batch"], spec["length"]
     if spec["kind"] == "hip":
         signal = torch.randn(b, m, 1, generator=generator)
@@ -85,6 +88,22 @@ def inputs(spec: dict, generator: torch.Generator):
         return ids, lambda out: F.cross_entropy(out.float().flatten(0, 1), targets.flatten())
     labels = torch.randint(0, spec["classes"], (b,), generator=generator)
     return ids, lambda out: F.cross_entropy(out.float(), labels)
+
+
+def kinetics_inputs(b: int, generator: torch.Generator, chunks: int = 128):
+    """The multimodal step of the paper: a random 1/``chunks`` of the video and audio queries (6,272
+    pixels, 15 audio patches) and the label are decoded; relative MSEs plus the label's cross-entropy."""
+    import torch.nn.functional as F
+
+    video, audio = torch.randn(b, 16, 3, 224, 224, generator=generator), torch.randn(b, 30720, 1, generator=generator)
+    labels = torch.randint(0, 700, (b,), generator=generator)
+    points = {"image": torch.randperm(16 * 224 * 224, generator=generator)[:16 * 224 * 224 // chunks],
+              "audio": torch.randperm(30720 // 16, generator=generator)[:30720 // 16 // chunks], "label": None}
+    pixels = video.permute(0, 1, 3, 4, 2).reshape(b, -1, 3)[:, points["image"]]
+    samples = audio.reshape(b, -1, 16)[:, points["audio"]].reshape(b, -1)
+    x = ({"image": video, "audio": audio, "label": F.one_hot(labels, 700).float()}, points)
+    return x, lambda out: (F.mse_loss(out["image"].float(), pixels) + F.mse_loss(out["audio"].float(), samples)
+                           + F.cross_entropy(out["label"].float(), labels))
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
