@@ -92,18 +92,28 @@ def inputs(spec: dict, generator: torch.Generator):
 
 def kinetics_inputs(b: int, generator: torch.Generator, chunks: int = 128):
     """The multimodal step of the paper: a random 1/``chunks`` of the video and audio queries (6,272
-    pixels, 15 audio patches) and the label are decoded; relative MSEs plus the label's cross-entropy."""
+    pixels, 15 audio patches) and the label are decoded; loss: the two MSEs plus the label's
+    cross-entropy."""
     import torch.nn.functional as F
 
-    video, audio = torch.randn(b, 16, 3, 224, 224, generator=generator), torch.randn(b, 30720, 1, generator=generator)
-    labels = torch.randint(0, 700, (b,), generator=generator)
-    points = {"image": torch.randperm(16 * 224 * 224, generator=generator)[:16 * 224 * 224 // chunks],
-              "audio": torch.randperm(30720 // 16, generator=generator)[:30720 // 16 // chunks], "label": None}
-    pixels = video.permute(0, 1, 3, 4, 2).reshape(b, -1, 3)[:, points["image"]]
-    samples = audio.reshape(b, -1, 16)[:, points["audio"]].reshape(b, -1)
-    x = ({"image": video, "audio": audio, "label": F.one_hot(labels, 700).float()}, points)
-    return x, lambda out: (F.mse_loss(out["image"].float(), pixels) + F.mse_loss(out["audio"].float(), samples)
-                           + F.cross_entropy(out["label"].float(), labels))
+    frames, samples, classes = (16, 224, 224), 30720, 700
+    pixels_total, patches_total = 16 * 224 * 224, samples // 16
+    video = torch.randn(b, frames[0], 3, *frames[1:], generator=generator)
+    audio = torch.randn(b, samples, 1, generator=generator)
+    labels = torch.randint(0, classes, (b,), generator=generator)
+    points = {"image": torch.randperm(pixels_total, generator=generator)[:pixels_total // chunks],
+              "audio": torch.randperm(patches_total, generator=generator)[:patches_total // chunks],
+              "label": None}
+    pixel_targets = video.permute(0, 1, 3, 4, 2).reshape(b, -1, 3)[:, points["image"]]
+    sample_targets = audio.reshape(b, -1, 16)[:, points["audio"]].reshape(b, -1)
+    x = ({"image": video, "audio": audio, "label": F.one_hot(labels, classes).float()}, points)
+
+    def loss_of(out):
+        image = F.mse_loss(out["image"].float(), pixel_targets)
+        audio = F.mse_loss(out["audio"].float(), sample_targets)
+        return image + audio + F.cross_entropy(out["label"].float(), labels)
+
+    return x, loss_of
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> list[float]:

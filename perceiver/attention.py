@@ -10,7 +10,6 @@ decoder's cross-attention (output queries attend to the latents).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
