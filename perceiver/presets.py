@@ -63,13 +63,14 @@ def language_perceiver() -> PerceiverIO.Config:
 
 
 def byte_classifier(num_classes=10, max_seq_len=8192, dim=256, num_latents=256, latent_dim=512,
-                    num_layers=6, num_heads=8, **encoder) -> PerceiverIO.Config:
+                    num_layers=6, num_heads=8, running_sums=0, **encoder) -> PerceiverIO.Config:
     """Long-sequence byte classification (config B of the benchmarks): one learned class query.
     Inputs longer than 4,096 bytes stream through the cross-attention in chunks of 4,096
-    (``cross_chunk_size``: the same outputs in less memory)."""
+    (``cross_chunk_size``: the same outputs in less memory). ``running_sums``: channels of the
+    input's running sums (``perceiver.inputs.text.RunningSums``; nesting depth, counts)."""
     encoder = dict(cross_chunk_size=4096) | encoder
     return PerceiverIO.Config(
-        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len),
+        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len, running_sums),
         encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_cross_heads=num_heads,
                               cross_qk_dim=latent_dim, cross_v_dim=latent_dim, num_self_layers=num_layers,
                               num_self_heads=num_heads, **encoder),

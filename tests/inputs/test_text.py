@@ -23,3 +23,41 @@ def test_bad_inputs(ids, message):
     adapter = TokenInputAdapter(TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=6))
     with pytest.raises(ValueError, match=message):
         adapter(ids)
+
+
+def adapter_with_running_sums(channels=3):
+    torch.manual_seed(0)
+    config = TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=12, running_sums=channels)
+    adapter = TokenInputAdapter(config)
+    torch.nn.init.normal_(adapter.running_sums.mlp[2].weight)  # zero at initialisation
+    return adapter
+
+
+def test_running_sums_match_float64_loop():
+    adapter = adapter_with_running_sums()
+    ids = torch.randint(0, 20, (2, 10))
+    got, _ = adapter(ids)
+    sums_layer = adapter.running_sums
+    w = {name: p.double() for name, p in sums_layer.named_parameters()}
+    base = (adapter.embedding.weight[ids] + adapter.positions.table[:10]).double()
+    expected = torch.empty_like(base)
+    for b in range(2):
+        total = torch.zeros(3, dtype=torch.float64)
+        for t in range(10):
+            total = total + base[b, t] @ w["project.weight"].T + w["project.bias"]
+            hidden = torch.nn.functional.gelu(total / 8 @ w["mlp.0.weight"].T + w["mlp.0.bias"])
+            expected[b, t] = base[b, t] + hidden @ w["mlp.2.weight"].T + w["mlp.2.bias"]
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_running_sums_start_as_the_plain_adapter_and_ignore_later_tokens():
+    torch.manual_seed(0)
+    plain = TokenInputAdapter(TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=12))
+    torch.manual_seed(0)
+    summed = TokenInputAdapter(TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=12, running_sums=4))
+    ids = torch.randint(0, 20, (3, 12))
+    torch.testing.assert_close(summed(ids)[0], plain(ids)[0])
+    adapter = adapter_with_running_sums()
+    short, long = adapter(ids[:, :5])[0], adapter(ids)[0]
+    torch.testing.assert_close(short, long[:, :5])  # padding appended later never changes a position
+    assert not torch.allclose(long[:, 5:], plain(ids)[0][:, 5:], atol=1e-3)
