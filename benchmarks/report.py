@@ -80,17 +80,12 @@ def targets(rows: list[dict], machine: dict) -> str:
     return "\n".join(out)
 
 
-def _limit(result: dict) -> str:
-    if result["fails_at"] is None:  # a search cut short
-        return f">= {result['largest']:,} (search stopped)"
-    return f"{result['largest']:,} (fails at {result['fails_at']:,})"
-
-
 def largest_table(limits: list[dict]) -> str:
     lines = ["| implementation | largest M, fwd+bwd | largest M, no-grad |", "|---|---:|---:|"]
     for impl in dict.fromkeys(r["impl"] for r in limits):
         found = {r["mode"]: r for r in limits if r["impl"] == impl}
-        cells = [_limit(found[m]) if m in found else "not searched" for m in ("train", "infer")]
+        cells = [f"{found[m]['largest']:,} (fails at {found[m]['fails_at']:,})" if m in found
+                 else "not searched" for m in ("train", "infer")]
         lines.append(f"| {NAMES[impl]} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 

@@ -95,17 +95,18 @@ def kinetics_inputs(b: int, generator: torch.Generator, chunks: int = 128):
     pixels, 15 audio patches) and the label are decoded; loss: the two MSEs plus the label's
     cross-entropy."""
     import torch.nn.functional as F
+    from einops import rearrange
 
-    frames, samples, classes = (16, 224, 224), 30720, 700
-    pixels_total, patches_total = 16 * 224 * 224, samples // 16
-    video = torch.randn(b, frames[0], 3, *frames[1:], generator=generator)
+    (frames, height, width), samples, patch, classes = (16, 224, 224), 30720, 16, 700
+    pixels_total, patches_total = frames * height * width, samples // patch
+    video = torch.randn(b, frames, 3, height, width, generator=generator)
     audio = torch.randn(b, samples, 1, generator=generator)
     labels = torch.randint(0, classes, (b,), generator=generator)
     points = {"image": torch.randperm(pixels_total, generator=generator)[:pixels_total // chunks],
               "audio": torch.randperm(patches_total, generator=generator)[:patches_total // chunks],
               "label": None}
-    pixel_targets = video.permute(0, 1, 3, 4, 2).reshape(b, -1, 3)[:, points["image"]]
-    sample_targets = audio.reshape(b, -1, 16)[:, points["audio"]].reshape(b, -1)
+    pixel_targets = rearrange(video, "b t c h w -> b (t h w) c")[:, points["image"]]
+    sample_targets = rearrange(audio, "b (n p) 1 -> b n p", p=patch)[:, points["audio"]].flatten(1)
     x = ({"image": video, "audio": audio, "label": F.one_hot(labels, classes).float()}, points)
 
     def loss_of(out):

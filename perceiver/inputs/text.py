@@ -18,7 +18,7 @@ class RunningSums(nn.Module):
     running sums of learned projections of the positions up to it (an O(L) feature; a sum can
     count, e.g. brackets opened minus closed, the nesting depth, which no position embedding
     carries). The last layer starts at zero, so the adapter starts as it would without it. Sums
-    are taken in float32 whatever the autocast dtype; padding at the end never changes them."""
+    are taken in float32 whatever the autocast or parameter dtype; padding at the end never changes them."""
 
     def __init__(self, dim: int, channels: int):
         super().__init__()
@@ -29,7 +29,7 @@ class RunningSums(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         sums = torch.cumsum(self.project(x).float(), dim=1) / 8
-        return x + self.mlp(sums)
+        return x + self.mlp(sums.to(x.dtype))
 
 
 @register("tokens")

@@ -61,3 +61,12 @@ def test_running_sums_start_as_the_plain_adapter_and_ignore_later_tokens():
     short, long = adapter(ids[:, :5])[0], adapter(ids)[0]
     torch.testing.assert_close(short, long[:, :5])  # padding appended later never changes a position
     assert not torch.allclose(long[:, 5:], plain(ids)[0][:, 5:], atol=1e-3)
+
+
+def test_running_sums_in_a_bfloat16_adapter():
+    adapter = adapter_with_running_sums()
+    ids = torch.randint(0, 20, (2, 12))
+    expected = adapter(ids)[0].detach()
+    got = adapter.to(torch.bfloat16)(ids)[0]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=5e-2 * float(expected.abs().max()), rtol=0)
