@@ -12,7 +12,8 @@ application in parentheses: MAX(2, 9) is ``( ( ( [MAX 2 ) 9 ) ] )``.
     parse(source)         -> the tree again; shallow_value(tree, levels) -> a depth-limited guess
 
 ``python -m tasks.listops`` prints how often ``shallow_value`` is right on the validation split:
-how much of the answer the first nesting levels hold.
+how much of the answer the first nesting levels hold. ``python -m tasks.listops RUN_DIR`` probes a
+trained classifier's input adapter for the nesting depth (``nesting_depth``, ``depth_probe``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,61 @@ def dense(source: str) -> str:
     return "".join(token for token in source.split() if token not in "()")
 
 
+def nesting_depth(text: str) -> list[int]:
+    """Per byte of the compact or dense text, the number of lists around it: an operator's bytes
+    and its closing ``]`` belong to the list they open or close (``[MAX2]`` -> 1 1 1 1 1 1)."""
+    depths, depth = [], 0
+    for byte in text:
+        depth += byte == "["
+        depths.append(depth)
+        depth -= byte == "]"
+    return depths
+
+
+def depth_probe(features: list, depths: list, fit: int) -> dict:
+    """How well a least-squares map reads the nesting depth from per-byte features: ``features``
+    ``[L_i, C]`` and ``depths`` ``[L_i]`` per example, fitted on the first ``fit`` examples, scored
+    on the rest: R^2 of depth as a number, accuracy of depth as a class (one-hot targets, argmax),
+    and the accuracy of always answering the fitted examples' most common depth."""
+    import torch
+
+    def design(xs):  # features and a constant; gelsd (SVD) copes with redundant columns
+        x = torch.cat(xs).double()
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+    x_fit, x_test = design(features[:fit]), design(features[fit:])
+    d_fit, d_test = torch.cat(depths[:fit]).long(), torch.cat(depths[fit:]).long()
+    classes = int(max(d_fit.max(), d_test.max())) + 1
+    number = x_test @ torch.linalg.lstsq(x_fit, d_fit.double()[:, None], driver="gelsd").solution
+    r2 = 1 - (number[:, 0] - d_test).square().mean() / d_test.double().var()
+    onehot = torch.nn.functional.one_hot(d_fit, classes).double()
+    guess = (x_test @ torch.linalg.lstsq(x_fit, onehot, driver="gelsd").solution).argmax(1)
+    majority = (d_test == d_fit.mode().values).double().mean()
+    return {"r2": float(r2), "accuracy": float((guess == d_test).double().mean()),
+            "majority": float(majority)}
+
+
+def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
+    """``depth_probe`` of a trained byte classifier's input adapter (``perceiver.from_pretrained``)
+    on the dense texts of ``sources``, before (byte + position) and after its running sums."""
+    import torch
+
+    import perceiver
+    from perceiver import tokenizer
+
+    adapter = perceiver.from_pretrained(run_dir).input_adapter
+    before, after, depths = [], [], []
+    with torch.no_grad():
+        for source in sources:
+            text = dense(source)
+            ids = torch.tensor(list(text.encode())) + tokenizer.OFFSET
+            x = adapter.embedding(ids[None]) + adapter.positions()[:len(text)]
+            before.append(x[0])
+            after.append(x[0] if adapter.running_sums is None else adapter.running_sums(x)[0])
+            depths.append(torch.tensor(nesting_depth(text)))
+    return {"byte + position": depth_probe(before, depths, fit), "adapter": depth_probe(after, depths, fit)}
+
+
 def _examples(n: int, rng: random.Random, seen: set[str]) -> tuple[list[str], list[int]]:
     sources, targets = [], []
     while len(sources) < n:
@@ -153,9 +209,16 @@ def splits(cache_dir: str | Path, seed: int = 0, sizes: dict[str, int] | None = 
 
 
 if __name__ == "__main__":
+    import sys
+
     from tasks.classify import cache_dir
 
     validation = splits(cache_dir())["validation"]
+    if len(sys.argv) > 1:  # python -m tasks.listops RUN_DIR: can its input adapter see the depth?
+        for name, scores in probe_run(sys.argv[1], validation["Source"][:60], fit=30).items():
+            print(f"{name}: depth R^2 {scores['r2']:.3f}, as classes {scores['accuracy']:.3f} "
+                  f"(majority {scores['majority']:.3f})")
+        sys.exit()
     pairs = list(zip(validation["Source"], validation["Target"], strict=True))
     for levels in (1, 2, 3, 4):
         right = sum(shallow_value(parse(source), levels) == target for source, target in pairs)

@@ -78,3 +78,29 @@ def test_parse_inverts_to_text_and_shallow_value(sample):
         assert listops.shallow_value(tree, 10) == target  # deep enough: exact
     tree = ("[SM", [1, ("[MAX", [2, ("[MIN", [7, 8])])])
     assert [listops.shallow_value(tree, levels) for levels in (0, 1, 2, 3)] == [5, 0, 3, 8]
+
+
+def test_nesting_depth_counts_the_lists_around_each_byte(sample):
+    assert listops.nesting_depth("[MAX2[MIN47]0]") == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1]
+    for source in sample["Source"][:20]:  # against the tokens: a digit's depth is its open lists
+        text = listops.dense(source)
+        depths, open_lists, digits = listops.nesting_depth(text), 0, []
+        for token in listops.compact(source).split():
+            open_lists += token.startswith("[")
+            open_lists -= token == "]"
+            if token.isdigit():
+                digits.append(open_lists)
+        assert [d for byte, d in zip(text, depths, strict=True) if byte.isdigit()] == digits
+
+
+def test_depth_probe_reads_depth_from_features_that_hold_it_and_not_from_noise(sample):
+    torch = pytest.importorskip("torch")
+    texts = [listops.dense(source) for source in sample["Source"][:12]]
+    depths = [torch.tensor(listops.nesting_depth(text)) for text in texts]
+    generator = torch.Generator().manual_seed(0)
+    exact = listops.depth_probe([d[:, None].float() for d in depths], depths, fit=6)
+    onehot = listops.depth_probe([torch.nn.functional.one_hot(d, 12).float() for d in depths], depths, fit=6)
+    noise = listops.depth_probe([torch.randn(len(d), 8, generator=generator) for d in depths], depths, fit=6)
+    assert exact["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert onehot["accuracy"] == 1.0 and onehot["majority"] < 0.6
+    assert noise["r2"] < 0.05 and noise["accuracy"] < noise["majority"] + 0.05
