@@ -142,7 +142,8 @@ def depth_probe(features: list, depths: list, fit: int) -> dict:
 
 def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
     """``depth_probe`` of a trained byte classifier's input adapter (``perceiver.from_pretrained``)
-    on the dense texts of ``sources``, before (byte + position) and after its running sums."""
+    on the dense texts of ``sources``: its byte + position sum and its output (which adds the
+    running sums, if any)."""
     import torch
 
     import perceiver
@@ -156,7 +157,7 @@ def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
             ids = torch.tensor(list(text.encode())) + tokenizer.OFFSET
             x = adapter.embedding(ids[None]) + adapter.positions()[:len(text)]
             before.append(x[0])
-            after.append(x[0] if adapter.running_sums is None else adapter.running_sums(x)[0])
+            after.append(adapter(ids[None])[0][0])
             depths.append(torch.tensor(nesting_depth(text)))
     return {"byte + position": depth_probe(before, depths, fit), "adapter": depth_probe(after, depths, fit)}
 

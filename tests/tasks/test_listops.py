@@ -104,3 +104,15 @@ def test_depth_probe_reads_depth_from_features_that_hold_it_and_not_from_noise(s
     assert exact["r2"] == pytest.approx(1.0, abs=1e-9)
     assert onehot["accuracy"] == 1.0 and onehot["majority"] < 0.6
     assert noise["r2"] < 0.05 and noise["accuracy"] < noise["majority"] + 0.05
+
+
+def test_probe_run_reads_a_saved_classifier(sample, tmp_path):
+    torch = pytest.importorskip("torch")
+    from perceiver import PerceiverIO, presets
+
+    torch.manual_seed(0)
+    config = presets.byte_classifier(max_seq_len=3072, dim=16, num_latents=4, latent_dim=16, num_layers=1,
+                                     num_heads=2, running_sums=4)
+    PerceiverIO(config).save_pretrained(tmp_path / "fresh")
+    fresh = listops.probe_run(str(tmp_path / "fresh"), sample["Source"][:8], fit=4)
+    assert fresh["adapter"] == fresh["byte + position"]  # running sums start as the identity
