@@ -154,10 +154,9 @@ def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
     with torch.no_grad():
         for source in sources:
             text = dense(source)
-            ids = torch.tensor(list(text.encode())) + tokenizer.OFFSET
-            x = adapter.embedding(ids[None]) + adapter.positions()[:len(text)]
-            before.append(x[0])
-            after.append(adapter(ids[None])[0][0])
+            ids = torch.tensor([tokenizer.encode(text)])
+            before.append(adapter.embed(ids)[0])
+            after.append(adapter(ids)[0][0])
             depths.append(torch.tensor(nesting_depth(text)))
     return {"byte + position": depth_probe(before, depths, fit), "adapter": depth_probe(after, depths, fit)}
 

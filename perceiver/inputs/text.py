@@ -60,8 +60,13 @@ class TokenInputAdapter(nn.Module):
         if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
-        x = self.embedding(inputs.long())
-        x += self.positions()[:length]  # in place, and a view of the table: no [B, L, dim] copies
+        x = self.embed(inputs)
         if self.running_sums is not None:
             x = self.running_sums(x)
         return x, attention_mask
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Token embeddings plus positions ``[B, L, dim]``, before any running sums (ids unchecked)."""
+        x = self.embedding(inputs.long())
+        x += self.positions()[:inputs.shape[1]]  # in place, and a view of the table: no [B, L, dim] copies
+        return x
