@@ -116,3 +116,22 @@ def test_probe_run_reads_a_saved_classifier(sample, tmp_path):
     PerceiverIO(config).save_pretrained(tmp_path / "fresh")
     fresh = listops.probe_run(str(tmp_path / "fresh"), sample["Source"][:8], fit=4)
     assert fresh["adapter"] == fresh["byte + position"]  # running sums start as the identity
+
+
+def test_shallow_counts_count_the_symbols_of_the_first_levels(sample):
+    tree = ("[MAX", [2, ("[MIN", [3, 4, ("[SM", [5, 6])]), 9])
+    counts = listops.shallow_counts(listops.to_text(tree))
+    depth1, depth2 = (dict(zip(listops.SYMBOLS, counts[k:k + 20], strict=True)) for k in (0, 20))
+    assert {s: c for s, c in depth1.items() if c} == {"[": 1, "M": 1, "A": 1, "X": 1, "2": 1, "9": 1, "]": 1}
+    assert {s: c for s, c in depth2.items() if c} == {"[": 1, "M": 1, "I": 1, "N": 1, "3": 1, "4": 1, "]": 1}
+    for source in sample["Source"][:10]:  # every byte of the dense text is counted once at 10 levels
+        assert sum(listops.shallow_counts(source, levels=10)) == len(listops.dense(source))
+
+
+def test_count_mlp_curve_learns_a_rule_of_the_counts(sample):
+    pytest.importorskip("torch")
+    # a target the counts decide: 9 if a 9 is among the root's direct arguments, else 0
+    target = [9 if listops.shallow_counts(s, 1)[9] else 0 for s in sample["Source"]]
+    rows = {"Source": sample["Source"], "Target": target}
+    curve = listops.count_mlp_curve(rows, rows, steps=(1, 300))
+    assert curve[300] == 1.0 and curve[1] < 1.0
