@@ -176,17 +176,17 @@ def shallow_counts(source: str, levels: int = 2) -> list[int]:
     return counts
 
 
-def count_mlp_curve(train, validation, steps: tuple[int, ...], log_counts: bool = True,
+def count_mlp_curve(train, validation, steps: tuple[int, ...], log_counts: bool = True, levels: int = 2,
                     batch_size: int = 32, seed: int = 0) -> dict[int, float]:
     """Validation accuracy after each of ``steps`` of an MLP (2 hidden layers of 256, AdamW at
-    1e-3) trained on ``shallow_counts`` of ``train`` (datasets or dicts with Source and Target):
-    how fast the features that would pass 40% can be learned, given them. ``log_counts``: feed
-    log(1 + count) (presence matters more than number) instead of count / 8."""
+    1e-3) trained on ``shallow_counts(source, levels)`` of ``train`` (datasets or dicts with Source
+    and Target): how fast the features that would pass 40% can be learned, given them.
+    ``log_counts``: feed log(1 + count) (presence matters more than number) instead of count / 8."""
     import torch
     from torch import nn
 
     def features(rows):
-        x = torch.tensor([shallow_counts(source) for source in rows["Source"]], dtype=torch.float)
+        x = torch.tensor([shallow_counts(source, levels) for source in rows["Source"]], dtype=torch.float)
         return torch.log1p(x) if log_counts else x / 8
 
     x_train, y_train = features(train), torch.tensor(train["Target"])
@@ -268,9 +268,9 @@ if __name__ == "__main__":
                   f"(majority {scores['majority']:.3f})")
         sys.exit()
     train = splits(cache_dir())["train"].select(range(20000))
-    for log_counts in (True, False):
-        curve = count_mlp_curve(train, validation, steps=(100, 250, 500, 1000), log_counts=log_counts)
-        print(f"MLP on the depth-1 and -2 symbol counts ({'log' if log_counts else 'count / 8'}): "
+    for levels, log_counts in ((2, True), (2, False), (1, True)):
+        curve = count_mlp_curve(train, validation, (100, 250, 500, 1000), log_counts, levels)
+        print(f"MLP on the symbol counts of depths 1-{levels} ({'log' if log_counts else 'count / 8'}): "
               + ", ".join(f"step {step} {accuracy:.3f}" for step, accuracy in curve.items()))
     pairs = list(zip(validation["Source"], validation["Target"], strict=True))
     for levels in (1, 2, 3, 4):
