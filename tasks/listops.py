@@ -11,9 +11,11 @@ application in parentheses: MAX(2, 9) is ``( ( ( [MAX 2 ) 9 ) ] )``.
     splits(cache_dir)     -> DatasetDict train/validation/test (96,000 / 2,000 / 2,000), cached
     parse(source)         -> the tree again; shallow_value(tree, levels) -> a depth-limited guess
 
-``python -m tasks.listops`` prints how often ``shallow_value`` is right on the validation split:
-how much of the answer the first nesting levels hold. ``python -m tasks.listops RUN_DIR`` probes a
-trained classifier's input adapter for the nesting depth (``nesting_depth``, ``depth_probe``).
+``python -m tasks.listops`` prints how often ``shallow_value`` is right on the validation split
+(how much of the answer the first nesting levels hold) and how fast an MLP learns the answer from
+those levels' symbol counts (``shallow_counts``, ``count_mlp_curve``). ``python -m tasks.listops
+RUN_DIR`` probes a trained classifier's input adapter for the nesting depth (``nesting_depth``,
+``depth_probe``).
 """
 
 from __future__ import annotations
@@ -261,13 +263,14 @@ if __name__ == "__main__":
 
     from tasks.classify import cache_dir
 
-    validation = splits(cache_dir())["validation"]
+    data = splits(cache_dir())
+    validation = data["validation"]
     if len(sys.argv) > 1:  # python -m tasks.listops RUN_DIR: can its input adapter see the depth?
         for name, scores in probe_run(sys.argv[1], validation["Source"][:60], fit=30).items():
             print(f"{name}: depth R^2 {scores['r2']:.3f}, as classes {scores['accuracy']:.3f} "
                   f"(majority {scores['majority']:.3f})")
         sys.exit()
-    train = splits(cache_dir())["train"].select(range(20000))
+    train = data["train"].select(range(20000))
     for levels, log_counts in ((2, True), (2, False), (1, True)):
         curve = count_mlp_curve(train, validation, (100, 250, 500, 1000), log_counts, levels)
         print(f"MLP on the symbol counts of depths 1-{levels} ({'log' if log_counts else 'count / 8'}): "
