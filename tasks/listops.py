@@ -10,10 +10,12 @@ application in parentheses: MAX(2, 9) is ``( ( ( [MAX 2 ) 9 ) ] )``.
     generate(n, seed=0)   -> datasets.Dataset with columns Source (str) and Target (int 0-9)
     splits(cache_dir)     -> DatasetDict train/validation/test (96,000 / 2,000 / 2,000), cached
     parse(source)         -> the tree again; shallow_value(tree, levels) -> a depth-limited guess
+    root_operator_baseline(train, evaluation) -> accuracy of reading the outermost operator only
 
-``python -m tasks.listops`` prints how often ``shallow_value`` is right on the validation split
-(how much of the answer the first nesting levels hold) and how fast an MLP learns the answer from
-those levels' symbol counts (``shallow_counts``, ``count_mlp_curve``). ``python -m tasks.listops
+``python -m tasks.listops`` prints the plateau of a model that reads only the outermost operator
+(``root_operator_baseline``), how fast an MLP learns the answer from the first nesting levels'
+symbol counts (``shallow_counts``, ``count_mlp_curve``) and how often ``shallow_value`` is right on
+the validation split (how much of the answer those levels hold). ``python -m tasks.listops
 RUN_DIR`` probes a trained classifier's input adapter for the nesting depth (``nesting_depth``,
 ``depth_probe``).
 """
@@ -163,6 +165,27 @@ def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
     return {"byte + position": depth_probe(before, depths, fit), "adapter": depth_probe(after, depths, fit)}
 
 
+def root_operator(source: str) -> str:
+    """The outermost operator of a ``Source`` (or compact) text: ``[MAX``, ``[MIN``, ``[MED`` or ``[SM``."""
+    return next(token for token in source.split() if token.startswith("["))
+
+
+def root_operator_baseline(train, evaluation) -> float:
+    """Accuracy on ``evaluation`` of answering, for each outermost operator, the value it most often
+    has in ``train`` (datasets or dicts with Source and Target): the plateau a classifier reaches
+    when it reads only the outermost operator."""
+    from collections import Counter, defaultdict
+
+    values = defaultdict(Counter)
+    for source, target in zip(train["Source"], train["Target"], strict=True):
+        values[root_operator(source)][target] += 1
+    answer = {operator: counts.most_common(1)[0][0] for operator, counts in values.items()}
+    pairs = list(zip(evaluation["Source"], evaluation["Target"], strict=True))
+    if not pairs:
+        raise ValueError("evaluation: expected at least one example, got none")
+    return sum(answer.get(root_operator(source)) == target for source, target in pairs) / len(pairs)
+
+
 SYMBOLS = "0123456789[]MINAXEDS"  # every byte of the dense text
 
 
@@ -270,6 +293,9 @@ if __name__ == "__main__":
             print(f"{name}: depth R^2 {scores['r2']:.3f}, as classes {scores['accuracy']:.3f} "
                   f"(majority {scores['majority']:.3f})")
         sys.exit()
+    baselines = {name: root_operator_baseline(data["train"], data[name]) for name in ("validation", "test")}
+    print("answering each outermost operator's most common value: "
+          + ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in baselines.items()))
     train = data["train"].select(range(20000))
     for levels, log_counts in ((2, True), (2, False), (1, True)):
         curve = count_mlp_curve(train, validation, (100, 250, 500, 1000), log_counts, levels)

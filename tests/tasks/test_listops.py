@@ -80,6 +80,27 @@ def test_parse_inverts_to_text_and_shallow_value(sample):
     assert [listops.shallow_value(tree, levels) for levels in (0, 1, 2, 3)] == [5, 0, 3, 8]
 
 
+def test_root_operator_baseline_answers_each_operators_most_common_value(sample):
+    assert listops.root_operator("( ( ( [MAX 2 ) ( [MIN 4 ] ) ) ] )") == "[MAX"
+    train = {"Source": ["( [MAX 9 ] )", "( [MAX 8 ] )", "( [MAX 9 ] )", "( [SM 3 ] )"],
+             "Target": [9, 8, 9, 3]}
+    evaluation = {"Source": ["( [MAX 9 ] )", "( [MAX 1 ] )", "( [SM 3 ] )", "( [MIN 0 ] )"],
+                  "Target": [9, 1, 3, 0]}
+    assert listops.root_operator_baseline(train, evaluation) == 2 / 4  # MIN, unseen in train, is never right
+    # on generated data: the same as counting by hand with the independent stack machine's reading
+    half = len(sample) // 2
+    train, evaluation = sample[:half], sample[half:]
+    by_operator = collections.defaultdict(collections.Counter)
+    for source, target in zip(train["Source"], train["Target"], strict=True):
+        by_operator[listops.compact(source).split()[0]][target] += 1
+    right = sum(by_operator[listops.compact(source).split()[0]].most_common(1)[0][0] == evaluate(source)
+                for source in evaluation["Source"])
+    expected = right / len(evaluation["Source"])
+    assert listops.root_operator_baseline(train, evaluation) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="evaluation"):
+        listops.root_operator_baseline(train, {"Source": [], "Target": []})
+
+
 def test_nesting_depth_counts_the_lists_around_each_byte(sample):
     assert listops.nesting_depth("[MAX2[MIN47]0]") == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1]
     for source in sample["Source"][:20]:  # against the tokens: a digit's depth is its open lists
