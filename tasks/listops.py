@@ -167,7 +167,10 @@ def probe_run(run_dir: str, sources: list[str], fit: int) -> dict:
 
 def root_operator(source: str) -> str:
     """The outermost operator of a ``Source`` (or compact) text: ``[MAX``, ``[MIN``, ``[MED`` or ``[SM``."""
-    return next(token for token in source.split() if token.startswith("["))
+    operator = next((token for token in source.split() if token.startswith("[")), None)
+    if operator is None:
+        raise ValueError(f"source: expected a list with an operator, got {source[:40]!r}")
+    return operator
 
 
 def root_operator_baseline(train, evaluation) -> float:

@@ -97,6 +97,8 @@ def test_root_operator_baseline_answers_each_operators_most_common_value(sample)
                 for source in evaluation["Source"])
     expected = right / len(evaluation["Source"])
     assert listops.root_operator_baseline(train, evaluation) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="source.*'7'"):
+        listops.root_operator("7")
     with pytest.raises(ValueError, match="evaluation"):
         listops.root_operator_baseline(train, {"Source": [], "Target": []})
 
