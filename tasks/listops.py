@@ -14,10 +14,10 @@ application in parentheses: MAX(2, 9) is ``( ( ( [MAX 2 ) 9 ) ] )``.
 
 ``python -m tasks.listops`` prints the plateau of a model that reads only the outermost operator
 (``root_operator_baseline``), how fast an MLP learns the answer from the first nesting levels'
-symbol counts (``shallow_counts``, ``count_mlp_curve``) and how often ``shallow_value`` is right on
-the validation split (how much of the answer those levels hold). ``python -m tasks.listops
-RUN_DIR`` probes a trained classifier's input adapter for the nesting depth (``nesting_depth``,
-``depth_probe``).
+symbol counts (``shallow_counts``, ``count_table``, ``count_mlp_curve``) and how often
+``shallow_value`` is right on the validation split (how much of the answer those levels hold).
+``python -m tasks.listops RUN_DIR`` probes a trained classifier's input adapter for the nesting
+depth (``nesting_depth``, ``depth_probe``).
 """
 
 from __future__ import annotations
@@ -190,6 +190,7 @@ def root_operator_baseline(train, evaluation) -> float:
 
 
 SYMBOLS = "0123456789[]MINAXEDS"  # every byte of the dense text
+_SYMBOL_INDEX = {symbol: i for i, symbol in enumerate(SYMBOLS)}
 
 
 def shallow_counts(source: str, levels: int = 2) -> list[int]:
@@ -200,25 +201,31 @@ def shallow_counts(source: str, levels: int = 2) -> list[int]:
     text = dense(source)
     for byte, depth in zip(text, nesting_depth(text), strict=True):
         if depth <= levels:
-            counts[(depth - 1) * len(SYMBOLS) + SYMBOLS.index(byte)] += 1
+            counts[(depth - 1) * len(SYMBOLS) + _SYMBOL_INDEX[byte]] += 1
     return counts
 
 
-def count_mlp_curve(train, validation, steps: tuple[int, ...], log_counts: bool = True, levels: int = 2,
+def count_table(rows, levels: int = 2):
+    """``shallow_counts`` of every row (a dataset or dict with Source and Target) as a float
+    tensor ``[N, levels * 20]``, and the targets ``[N]``. Depth 1 comes first, so the first 20
+    columns are the table at ``levels=1``."""
+    import torch
+
+    counts = torch.tensor([shallow_counts(source, levels) for source in rows["Source"]], dtype=torch.float)
+    return counts, torch.tensor(rows["Target"])
+
+
+def count_mlp_curve(train, validation, steps: tuple[int, ...], log_counts: bool = True,
                     batch_size: int = 32, seed: int = 0) -> dict[int, float]:
     """Validation accuracy after each of ``steps`` of an MLP (2 hidden layers of 256, AdamW at
-    1e-3) trained on ``shallow_counts(source, levels)`` of ``train`` (datasets or dicts with Source
-    and Target): how fast the features that would pass 40% can be learned, given them.
+    1e-3) trained on symbol counts: ``train`` and ``validation`` are ``(counts, targets)`` pairs
+    (``count_table``). How fast the features that would pass 40% can be learned, given them.
     ``log_counts``: feed log(1 + count) (presence matters more than number) instead of count / 8."""
     import torch
     from torch import nn
 
-    def features(rows):
-        x = torch.tensor([shallow_counts(source, levels) for source in rows["Source"]], dtype=torch.float)
-        return torch.log1p(x) if log_counts else x / 8
-
-    x_train, y_train = features(train), torch.tensor(train["Target"])
-    x_val, y_val = features(validation), torch.tensor(validation["Target"])
+    (x_train, y_train), (x_val, y_val) = ((torch.log1p(x) if log_counts else x / 8, y)
+                                          for x, y in (train, validation))
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(x_train.shape[1], 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(),
                         nn.Linear(256, 10))
@@ -299,9 +306,11 @@ if __name__ == "__main__":
     baselines = {name: root_operator_baseline(data["train"], data[name]) for name in ("validation", "test")}
     print("answering each outermost operator's most common value: "
           + ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in baselines.items()))
-    train = data["train"].select(range(20000))
+    # the counts are taken once, at two levels; depth 1 alone is their first 20 columns
+    tables = {2: (count_table(data["train"].select(range(20000))), count_table(validation))}
+    tables[1] = tuple((counts[:, :len(SYMBOLS)], targets) for counts, targets in tables[2])
     for levels, log_counts in ((2, True), (2, False), (1, True)):
-        curve = count_mlp_curve(train, validation, (100, 250, 500, 1000), log_counts, levels)
+        curve = count_mlp_curve(*tables[levels], (100, 250, 500, 1000), log_counts)
         print(f"MLP on the symbol counts of depths 1-{levels} ({'log' if log_counts else 'count / 8'}): "
               + ", ".join(f"step {step} {accuracy:.3f}" for step, accuracy in curve.items()))
     pairs = list(zip(validation["Source"], validation["Target"], strict=True))

@@ -155,6 +155,6 @@ def test_count_mlp_curve_learns_a_rule_of_the_counts(sample):
     pytest.importorskip("torch")
     # a target the counts decide: 9 if a 9 is among the root's direct arguments, else 0
     target = [9 if listops.shallow_counts(s, 1)[9] else 0 for s in sample["Source"]]
-    rows = {"Source": sample["Source"], "Target": target}
-    curve = listops.count_mlp_curve(rows, rows, steps=(1, 300))
+    table = listops.count_table({"Source": sample["Source"], "Target": target})
+    curve = listops.count_mlp_curve(table, table, steps=(1, 300))
     assert curve[300] == 1.0 and curve[1] < 1.0
