@@ -39,6 +39,25 @@ def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int)
     return attention_mask.bool()
 
 
+def split_key_bias(attention_mask: Tensor, batch: int, heads: int, length: int) -> tuple[Tensor, Tensor]:
+    """An additive key bias ``[B, H or 1, M]`` (float; ``-inf`` drops a key, in every head alike)
+    -> (keep-mask ``[B, M]``, finite bias ``[B, H or 1, M]`` with 0 where keys are dropped)."""
+    if not attention_mask.dtype.is_floating_point:
+        raise ValueError(f"attention_mask: expected a floating-point key bias [B, H, M], "
+                         f"got {attention_mask.dtype}")
+    if attention_mask.shape[0] != batch or attention_mask.shape[1] not in (1, heads) \
+            or attention_mask.shape[2] != length:
+        raise ValueError(f"attention_mask: expected a key bias of shape [{batch}, {heads} or 1, {length}] "
+                         f"(batch, heads, input length), got {list(attention_mask.shape)}")
+    if bool(torch.isnan(attention_mask).any() | (attention_mask == float("inf")).any()):
+        raise ValueError("attention_mask: expected finite key biases or -inf, got NaN or +inf")
+    dropped = attention_mask == float("-inf")
+    keep = ~dropped[:, 0]
+    if bool((dropped != ~keep[:, None]).any()):
+        raise ValueError("attention_mask: expected -inf on the same keys in every head")
+    return keep, attention_mask.masked_fill(dropped, 0.0)
+
+
 # Under bf16 autocast on CPU, attention over at most this many scores (batch x heads x queries x
 # keys) runs as two bf16 matmuls and a softmax instead of the CPU flash kernel: config A's bf16 step
 # (benchmarks/run.py) took 0.82 s against 0.92 s that way (medians of 4 interleaved processes).
@@ -102,20 +121,27 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from ``x_q [B, N, q_dim]`` to ``x_kv [B, M, kv_dim]``.
 
-        ``attention_mask [B, M]`` marks keys to keep (1/True) or ignore (0/False). Query rows of an
-        example whose keys are all masked output zeros (no NaN in the forward or backward pass).
+        ``attention_mask [B, M]`` marks keys to keep (1/True) or ignore (0/False); a float
+        ``attention_mask [B, H or 1, M]`` is instead a key bias added to every query's scores in
+        each head (``-inf`` drops a key), e.g. ``TokenInputAdapter``'s nesting-depth bias. Query
+        rows of an example whose keys are all masked output zeros (no NaN in the forward or
+        backward pass).
         Returns ``[B, N, out_dim]``, and with ``return_weights`` also the attention weights
         ``[B, heads, N, M]`` (computed explicitly: use it for inspection, not for speed).
         """
-        mask, empty = self._mask(attention_mask, x_kv)
+        mask, empty, bias = self._mask(attention_mask, x_kv)
         q = self._queries(x_q, x_kv)
         k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
         sdpa_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
+        if bias is not None:  # one additive mask: the bias, -inf on dropped keys
+            sdpa_mask = rearrange(bias, "b h m -> b h 1 m").to(q.dtype).masked_fill(~sdpa_mask, float("-inf"))
 
         dropout_p = self.dropout if self.training else 0.0
         if return_weights or explicit_pays(q, k):
             scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-            if sdpa_mask is not None:
+            if bias is not None:
+                scores = scores + sdpa_mask
+            elif sdpa_mask is not None:
                 scores = scores.masked_fill(~sdpa_mask, float("-inf"))
             weights = scores.softmax(dim=-1)
             if empty is not None:
@@ -133,7 +159,7 @@ class MultiHeadAttention(nn.Module):
         without ever holding the normalised input, keys or values of all ``M`` elements."""
         if self.training and self.dropout > 0:
             raise ValueError(f"dropout: streamed attention has no attention dropout, got {self.dropout}")
-        mask, empty = self._mask(attention_mask, x_kv)
+        mask, empty, bias = self._mask(attention_mask, x_kv)
         q = self._queries(x_q, x_kv)
 
         def key_values(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,7 +167,8 @@ class MultiHeadAttention(nn.Module):
             return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
 
         params = [*kv_norm.parameters(), *self.k_proj.parameters(), *self.v_proj.parameters()]
-        out = streamed_attention(q, x_kv, key_values, params, mask, chunk_size, q.shape[-1] ** -0.5)
+        scale = q.shape[-1] ** -0.5
+        out = streamed_attention(q, x_kv, key_values, params, mask, chunk_size, scale, bias=bias)
         return self._output(out, empty)
 
     def _queries(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
@@ -153,14 +180,19 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b m (h d) -> b h m d", h=self.num_heads)
 
-    def _mask(self, attention_mask: Tensor | None, x_kv: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(keep-mask ``[B, M]``, examples with no key ``[B]``); an example with no key attends
-        everywhere (finite values) and ``_output`` zeroes its rows."""
-        mask = check_attention_mask(attention_mask, x_kv.shape[0], x_kv.shape[1])
+    def _mask(self, attention_mask: Tensor | None, x_kv: Tensor):
+        """(keep-mask ``[B, M]``, examples with no key ``[B]``, finite key bias ``[B, H or 1, M]``
+        or None); an example with no key attends everywhere (finite values) and ``_output``
+        zeroes its rows."""
+        bias = None
+        if isinstance(attention_mask, Tensor) and attention_mask.dim() == 3:
+            mask, bias = split_key_bias(attention_mask, x_kv.shape[0], self.num_heads, x_kv.shape[1])
+        else:
+            mask = check_attention_mask(attention_mask, x_kv.shape[0], x_kv.shape[1])
         if mask is None:
-            return None, None
+            return None, None, None
         empty = ~mask.any(dim=1)
-        return mask | empty[:, None], empty
+        return mask | empty[:, None], empty, bias
 
     def _output(self, out: Tensor, empty: Tensor | None) -> Tensor:
         out = self.o_proj(rearrange(out, "b h n d -> b n (h d)"))

@@ -27,7 +27,7 @@ from perceiver.queries import (
     LearnedQueries,
     MultimodalQueries,
 )
-from perceiver.tokenizer import VOCAB_SIZE
+from perceiver.tokenizer import VOCAB_SIZE, encode
 
 
 def byte_mlm(max_seq_len=2048, dim=512, num_latents=256, latent_dim=512, num_layers=8, num_heads=8,
@@ -62,15 +62,33 @@ def language_perceiver() -> PerceiverIO.Config:
     )
 
 
+def depth_slopes(num_heads: int) -> tuple[float, ...]:
+    """``NestingDepth``'s default key-bias slopes: 0 (a head that reads every level), then
+    geometric from 1 to 4 (``(0, 1, 2, 4)`` for 4 heads); ``(1,)`` for one head."""
+    if num_heads == 1:
+        return (1.0,)
+    return (0.0, *(4 ** (i / max(num_heads - 2, 1)) for i in range(num_heads - 1)))
+
+
 def byte_classifier(num_classes=10, max_seq_len=8192, dim=256, num_latents=256, latent_dim=512,
-                    num_layers=6, num_heads=8, running_sums=0, **encoder) -> PerceiverIO.Config:
+                    num_layers=6, num_heads=8, running_sums=0, depth_brackets="",
+                    **encoder) -> PerceiverIO.Config:
     """Long-sequence byte classification (config B of the benchmarks): one learned class query.
     Inputs longer than 4,096 bytes stream through the cross-attention in chunks of 4,096
     (``cross_chunk_size``: the same outputs in less memory). ``running_sums``: channels of the
-    input's running sums (``perceiver.inputs.text.RunningSums``; nesting depth, counts)."""
+    input's running sums (``perceiver.inputs.text.RunningSums``; nesting depth, counts).
+    ``depth_brackets``: an opening and a closing character (``"[]"``) whose nesting depth is
+    embedded and biases the cross-attention heads toward the outer levels
+    (``perceiver.inputs.text.NestingDepth``, slopes ``depth_slopes(num_heads)``)."""
     encoder = dict(cross_chunk_size=4096) | encoder
+    depth = {}
+    if depth_brackets:
+        if len(depth_brackets) != 2 or any(len(encode(c)) != 1 for c in depth_brackets):
+            raise ValueError(f"depth_brackets: expected two one-byte characters, such as '[]', "
+                             f"got {depth_brackets!r}")
+        depth = dict(depth_tokens=tuple(encode(depth_brackets)), depth_slopes=depth_slopes(num_heads))
     return PerceiverIO.Config(
-        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len, running_sums),
+        input=TokenInputAdapter.Config(VOCAB_SIZE, dim, max_seq_len, running_sums, **depth),
         encoder=EncoderConfig(num_latents=num_latents, latent_dim=latent_dim, num_cross_heads=num_heads,
                               cross_qk_dim=latent_dim, cross_v_dim=latent_dim, num_self_layers=num_layers,
                               num_self_heads=num_heads, **encoder),

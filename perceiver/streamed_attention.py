@@ -25,13 +25,16 @@ aten = torch.ops.aten
 KeyValues = Callable[[Tensor], tuple[Tensor, Tensor]]  # x chunk [B, c, C] -> k, v [B, H, c, D]
 
 
-def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Bool keep-mask ``[B, c]`` -> additive ``[B, 1, 1, c]`` (a large finite negative, not -inf, so
-    that a chunk whose keys are all masked gives finite values and a merge weight of zero)."""
+def _additive(mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Bool keep-mask ``[B, c]`` and finite key bias ``[B, H or 1, c]`` -> additive ``[B, H or 1,
+    1, c]`` (a large finite negative on masked keys, not -inf, so that a chunk whose keys are all
+    masked gives finite values and a merge weight of zero)."""
     if mask is None:
         return None
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~mask, torch.finfo(dtype).min)[:, None, None, :]
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)[:, None, None, :]
+    if bias is not None:
+        out = out + bias.to(dtype)[:, :, None, :]
+    return out.masked_fill(~mask[:, None, None, :], torch.finfo(dtype).min)
 
 
 def _accumulator(q: Tensor) -> torch.dtype:
@@ -73,14 +76,14 @@ def _chunk_backward(grad, q, k, v, out, lse, bias, scale, use_fused) -> tuple[Te
 
 class _StreamedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, x, mask, key_values, chunk_size, scale, use_fused, *params):
+    def forward(ctx, q, x, mask, bias, key_values, chunk_size, scale, use_fused, *params):
         out = lse = None
         for start in range(0, x.shape[1], chunk_size):
             part = slice(start, start + chunk_size)
             k, v = key_values(x.detach()[:, part])  # views of x here would claim requires_grad
-            bias = _additive(None if mask is None else mask[:, part], q.dtype)
+            additive = _additive(*_chunk(mask, bias, part), q.dtype)
             use_fused = fused(q, v) if use_fused is None else use_fused
-            o, o_lse = _chunk_forward(q, k, v, bias, scale, use_fused)
+            o, o_lse = _chunk_forward(q, k, v, additive, scale, use_fused)
             lse_dtype = o_lse.dtype
             o, o_lse = o.to(_accumulator(q)), o_lse.to(_accumulator(q))
             if out is None:
@@ -93,12 +96,12 @@ class _StreamedAttention(torch.autograd.Function):
         device = q.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.key_values, ctx.chunk_size, ctx.scale, ctx.use_fused = key_values, chunk_size, scale, use_fused
-        ctx.save_for_backward(q, x, mask, out, lse.to(lse_dtype), *params)
+        ctx.save_for_backward(q, x, mask, bias, out, lse.to(lse_dtype), *params)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, x, mask, out, lse, *params = ctx.saved_tensors
+        q, x, mask, bias, out, lse, *params = ctx.saved_tensors
         device, autocast, dtype = ctx.autocast
         grad = grad.contiguous()
         dq = torch.zeros_like(q, dtype=_accumulator(q))
@@ -111,8 +114,8 @@ class _StreamedAttention(torch.autograd.Function):
             with torch.set_grad_enabled(dx is not None or bool(trained)), \
                     torch.autocast(device, dtype=dtype, enabled=autocast):
                 k, v = ctx.key_values(xc)
-            bias = _additive(None if mask is None else mask[:, part], q.dtype)
-            dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, bias,
+            additive = _additive(*_chunk(mask, bias, part), q.dtype)
+            dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, additive,
                                            ctx.scale, ctx.use_fused)
             dq += dq_c
             inputs = ([xc] if dx is not None else []) + [params[i] for i in trained]
@@ -124,19 +127,27 @@ class _StreamedAttention(torch.autograd.Function):
             for i, g in zip(trained, grads, strict=True):
                 if g is not None:
                     dparams[i] = g if dparams[i] is None else dparams[i] + g
-        return (dq.to(q.dtype), dx, None, None, None, None, None, *dparams)
+        return (dq.to(q.dtype), dx, None, None, None, None, None, None, *dparams)
+
+
+def _chunk(mask: Tensor | None, bias: Tensor | None, part: slice):
+    return (None if mask is None else mask[:, part]), (None if bias is None else bias[..., part])
 
 
 def streamed_attention(q: Tensor, x: Tensor, key_values: KeyValues, params: Sequence[Tensor],
                        mask: Tensor | None, chunk_size: int, scale: float,
-                       use_fused: bool | None = None) -> Tensor:
+                       use_fused: bool | None = None, bias: Tensor | None = None) -> Tensor:
     """Attention of ``q [B, H, N, D]`` over the keys and values of input ``x [B, M, C]``, computed
     ``chunk_size`` elements at a time by ``key_values`` (whose weights are ``params``).
 
-    ``mask [B, M]`` (bool, True = keep) hides keys; every example must keep at least one. Returns
+    ``mask [B, M]`` (bool, True = keep) hides keys; every example must keep at least one.
+    ``bias [B, H or 1, M]`` (finite, not trained: it gets no gradient) is added to the scores of
+    the keys, and needs ``mask`` (all True where nothing is hidden). Returns
     ``[B, H, N, Dv]``. No attention dropout. ``use_fused`` picks the chunk kernel: PyTorch's CPU
     flash kernel or the explicit softmax (default: the flash kernel wherever ``fused`` allows).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
-    return _StreamedAttention.apply(q, x, mask, key_values, chunk_size, scale, use_fused, *params)
+    if bias is not None and mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return _StreamedAttention.apply(q, x, mask, bias, key_values, chunk_size, scale, use_fused, *params)

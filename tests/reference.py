@@ -10,8 +10,11 @@ def linear(x, layer):
     return x.double() @ layer.weight.double().T + layer.bias.double()
 
 
-def attention(mha, x_q, x_kv, mask=None):
-    """float64 multi-head attention, head by head; rows with every key masked give zeros."""
+def attention(mha, x_q, x_kv, mask=None, bias=None):
+    """float64 multi-head attention, head by head; rows with every key masked give zeros.
+    ``bias [B, H or 1, M]`` is added to head h's scores (-inf drops a key) instead of a mask."""
+    if bias is not None:
+        mask = torch.isfinite(bias[:, 0])
     q, k, v = linear(x_q, mha.q_proj), linear(x_kv, mha.k_proj), linear(x_kv, mha.v_proj)
     heads = mha.num_heads
     dq, dv = q.shape[-1] // heads, v.shape[-1] // heads
@@ -22,6 +25,8 @@ def attention(mha, x_q, x_kv, mask=None):
             qh, kh = q[b, :, h * dq:(h + 1) * dq], k[b, :, h * dq:(h + 1) * dq]
             vh = v[b, :, h * dv:(h + 1) * dv]
             scores = qh @ kh.T / math.sqrt(dq)
+            if bias is not None:
+                scores = scores + bias[b, h % bias.shape[1]].double()[None, :]
             if mask is not None:
                 keep = mask[b].bool()
                 if not keep.any():

@@ -36,6 +36,26 @@ def test_matches_float64_reference(widths, masked):
         assert float(weights[0, :, :, 7:].detach().abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("heads_of_bias", [1, 4])
+def test_key_bias_matches_float64_reference(heads_of_bias):
+    """A float mask [B, H or 1, M] is added to each head's scores; -inf drops keys (all of them:
+    zeros, as with a keep-mask); the SDPA and the explicit path agree with the reference."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 12, 4, 8, 20, 24).eval()
+    x_q, x_kv = torch.randn(3, 5, 32), torch.randn(3, 11, 12)
+    bias = 3 * torch.randn(3, heads_of_bias, 11)
+    bias[0, :, 7:] = float("-inf")
+    bias[2] = float("-inf")
+    expected = reference.attention(mha, x_q, x_kv, bias=bias).detach()
+    unbiased = reference.attention(mha, x_q, x_kv, mask=torch.isfinite(bias[:, 0])).detach()
+    assert float((expected - unbiased).abs().max()) > 0.1  # the bias matters
+    torch.testing.assert_close(mha(x_q, x_kv, bias).double(), expected, atol=1e-5, rtol=1e-5)
+    got, weights = mha(x_q, x_kv, bias, return_weights=True)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+    assert float(weights[0, :, :, 7:].detach().abs().max()) == 0.0
+    assert float(got[2].detach().abs().max()) == 0.0
+
+
 def test_output_width_defaults():
     mha = MultiHeadAttention(q_dim=12, kv_dim=30, num_heads=3)
     assert mha.q_proj.out_features == 12 and mha.v_proj.out_features == 12
@@ -125,6 +145,12 @@ def test_dropout_only_in_training():
     (torch.ones(2, 4), r"attention_mask: expected shape \[2, 5\].*got \[2, 4\]"),
     (torch.full((2, 5), 0.5), "attention_mask: expected values 0 .* or 1"),
     ([[1] * 5] * 2, "attention_mask: expected a tensor"),
+    (torch.zeros(2, 3, 5), r"attention_mask: expected a key bias of shape \[2, 2 or 1, 5\].*got \[2, 3, 5\]"),
+    (torch.ones(2, 2, 5, dtype=torch.long), "attention_mask: expected a floating-point key bias"),
+    (torch.tensor([0.0, float("nan")]).repeat(2, 2, 3)[..., :5],
+     "attention_mask: expected finite key biases"),
+    (torch.tensor([[[0.0, float("-inf"), 0, 0, 0], [0.0] * 5]] * 2),
+     "attention_mask: expected -inf on the same keys in every head"),
 ])
 def test_bad_mask_raises(mask, message):
     mha = MultiHeadAttention(8, 8, 2)

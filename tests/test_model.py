@@ -3,7 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perceiver import EncoderConfig, Perceiver, PerceiverIO, presets
+from perceiver import EncoderConfig, Perceiver, PerceiverIO, presets, tokenizer
+from perceiver.config import from_dict, to_dict
 from perceiver.inputs import TokenInputAdapter
 
 
@@ -171,3 +172,36 @@ def test_torch_compile_matches_eager():
     eager = model(inputs=ids, attention_mask=mask).logits
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(inputs=ids, attention_mask=mask).logits, eager, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_nesting_depth_bias_scales_the_cross_attention_by_depth():
+    """With depth_brackets the cross-attention weights of head h are those without the bias times
+    e^(-slope_h * depth), renormalised; padding changes nothing; the config round-trips."""
+    torch.manual_seed(0)
+    config = presets.byte_classifier(num_classes=3, max_seq_len=40, dim=8, num_latents=6, latent_dim=16,
+                                     num_layers=1, num_heads=4, depth_brackets="[]")
+    assert config.input.depth_slopes == presets.depth_slopes(4) == (0.0, 1.0, 2.0, 4.0)
+    model = PerceiverIO(config).eval()
+    text = "[MAX2[MIN34[SM5]]6]"
+    ids = torch.tensor([tokenizer.encode(text) + [0] * 3])
+    mask = torch.tensor([[1] * len(text) + [0] * 3])
+    depth = torch.tensor([1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 2, 1, 1], dtype=torch.float64)
+    out = model(ids, attention_mask=mask, return_attention=True)
+    biased = out.attentions["cross"][0].double()  # [H, N, M]
+    model.input_adapter.depth.slopes.zero_()
+    plain = model(ids, attention_mask=mask, return_attention=True).attentions["cross"][0].double()
+    log_ratio = (biased[..., :len(text)] / plain[..., :len(text)]).log()
+    slopes = torch.tensor(presets.depth_slopes(4), dtype=torch.float64)
+    centred = log_ratio + slopes[:, None, None] * depth  # a constant per row: the renormalisation
+    torch.testing.assert_close(centred - centred[..., :1], torch.zeros_like(centred), atol=1e-5, rtol=0)
+    assert float(biased[3, :, 11:16].sum(-1).max()) < 0.01  # slope 4: depth 3 weighs e^-8 of depth 1
+    assert float(biased[..., len(text):].abs().max()) == 0.0
+    model.input_adapter.depth.slopes.copy_(slopes)
+    alone = model(ids[:, :len(text)]).logits
+    torch.testing.assert_close(out.logits, alone, atol=1e-5, rtol=1e-4)
+    loaded = PerceiverIO(from_dict(to_dict(config)))
+    loaded.load_state_dict(model.state_dict())
+    torch.testing.assert_close(loaded.eval()(ids, attention_mask=mask).logits, out.logits)
+    with pytest.raises(ValueError, match="depth_brackets: expected two one-byte characters, .* got '<<>'"):
+        presets.byte_classifier(depth_brackets="<<>")

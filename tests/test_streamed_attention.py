@@ -15,7 +15,7 @@ def _grads(layer, z, x, mask, g):
 
 
 @pytest.mark.parametrize("v_dim", [24, 20])  # equal head widths use the CPU flash kernel
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [False, True, "key bias"])
 def test_layer_matches_unchunked(v_dim, masked):
     torch.manual_seed(0)
     layer = CrossAttentionLayer(32, 16, 4, 24, v_dim).double()
@@ -28,6 +28,8 @@ def test_layer_matches_unchunked(v_dim, masked):
         mask = torch.rand(3, 100) > 0.3
         mask[1] = False  # no key at all: zeros, as without chunks
         mask[2, :40] = False  # the first chunks of an example entirely masked
+    if masked == "key bias":  # per head, -inf where the mask drops keys
+        mask = (2 * torch.randn(3, 4, 100, dtype=torch.float64)).masked_fill(~mask[:, None], float("-inf"))
     g = torch.randn(3, 8, 32, dtype=torch.float64)
     ref, ref_grads = _grads(layer, z, x, mask, g)
     layer.chunk_size = 17

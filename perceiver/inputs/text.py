@@ -1,15 +1,17 @@
 """Token input: UTF-8 bytes or any token ids, embedded and added to learned positions, optionally
-with running sums that tell each position what came before it."""
+with running sums that tell each position what came before it, and with the nesting depth of
+bracketed text (an embedding, and a key bias that lets attention heads prefer the outer levels)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.config import register
-from perceiver.inputs.base import check_tensor
+from perceiver.inputs.base import check_size, check_tensor
 from perceiver.positions import LearnedPositions
 
 
@@ -32,9 +34,54 @@ class RunningSums(nn.Module):
         return x + self.mlp(sums.to(x.dtype))
 
 
+class NestingDepth(nn.Module):
+    """The nesting depth of each token between an opening and a closing token id
+    (``[MAX2[MIN34]]`` -> 1 1 1 1 1 2 2 2 2 2 2 2 1: a closing token belongs to the list it closes;
+    an unmatched closing is at depth 0 and changes nothing), as an embedding ``[B, L, dim]``
+    (depths from ``max_depth - 1`` on share the last row) and, with ``slopes`` (one per head of
+    the encoder's cross-attention), as a key bias ``[B, H, L] = -slope_h * depth``: ALiBi's fixed
+    per-head slopes over the depth instead of the distance. A head with slope s weighs a token at
+    depth d by e^(-s d): with slopes (0, 1, 2, 4) one head reads the whole input and the others
+    ever more of the outer levels, from the first step (an attention that starts uniform over
+    thousands of tokens finds the few at depth 1 too slowly to learn ListOps; docs/listops.md)."""
+
+    def __init__(self, dim: int, open_id: int, close_id: int, slopes: tuple[float, ...] = (),
+                 max_depth: int = 16):
+        super().__init__()
+        self.open_id, self.close_id, self.max_depth = open_id, close_id, max_depth
+        self.embedding = nn.Embedding(max_depth, dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float32), persistent=False)
+
+    def depth(self, ids: Tensor) -> Tensor:
+        """Depth ``[B, L]`` (long) of each token of ``ids [B, L]``: the lists open before it, plus
+        one for an opening token. The walk of opens minus closes is reflected at 0 (an unmatched
+        closing is ignored), so ``after`` counts the lists still open after each token."""
+        opens, closes = (ids == self.open_id).long(), (ids == self.close_id).long()
+        walk = torch.cumsum(opens - closes, dim=1)
+        after = walk - torch.cummin(walk, dim=1).values.clamp(max=0)
+        return F.pad(after[:, :-1], (1, 0)) + opens
+
+    def forward(self, ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(depth embedding ``[B, L, dim]``, the key bias ``[B, H, L]`` with ``-inf`` where
+        ``attention_mask`` is 0, or ``attention_mask`` itself without slopes)."""
+        depth = self.depth(ids)
+        embedded = self.embedding(depth.clamp(max=self.max_depth - 1))
+        if not len(self.slopes):
+            return embedded, attention_mask
+        bias = -self.slopes[:, None] * depth[:, None, :].float()
+        if attention_mask is not None:
+            check_size("attention_mask", attention_mask.shape, ids.shape, "shape")
+            bias = bias.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
+        return embedded, bias
+
+
 @register("tokens")
 class TokenInputAdapter(nn.Module):
-    """Token ids ``[B, L]`` (L <= max_seq_len) -> embeddings + learned positions ``[B, L, dim]``."""
+    """Token ids ``[B, L]`` (L <= max_seq_len) -> embeddings + learned positions ``[B, L, dim]``
+    (+ nesting-depth embeddings with ``depth_tokens``; then ``RunningSums`` with ``running_sums``).
+    The mask passes through, or becomes ``NestingDepth``'s key bias ``[B, H, L]`` with
+    ``depth_slopes``."""
 
     @dataclass
     class Config:
@@ -42,6 +89,9 @@ class TokenInputAdapter(nn.Module):
         dim: int = 768
         max_seq_len: int = 2048
         running_sums: int = 0  # channels of RunningSums (0: none)
+        depth_tokens: tuple[int, int] | None = None  # (opening id, closing id): NestingDepth
+        depth_slopes: tuple[float, ...] = ()  # NestingDepth's key-bias slopes, one per cross-attention head
+        max_depth: int = 16  # depths embedded (deeper tokens share the last embedding)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -50,6 +100,13 @@ class TokenInputAdapter(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.positions = LearnedPositions(config.max_seq_len, config.dim)
         self.running_sums = RunningSums(config.dim, config.running_sums) if config.running_sums else None
+        if config.depth_slopes and config.depth_tokens is None:
+            raise ValueError(f"depth_slopes: expected depth_tokens (the opening and closing ids) with them, "
+                             f"got depth_slopes={config.depth_slopes} and depth_tokens=None")
+        if config.depth_tokens is not None and config.max_depth < 1:
+            raise ValueError(f"max_depth: expected at least 1, got {config.max_depth}")
+        self.depth = (None if config.depth_tokens is None else
+                      NestingDepth(config.dim, *config.depth_tokens, config.depth_slopes, config.max_depth))
         self.output_dim = config.dim
 
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
@@ -61,6 +118,9 @@ class TokenInputAdapter(nn.Module):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
         x = self.embed(inputs)
+        if self.depth is not None:
+            depth, attention_mask = self.depth(inputs, attention_mask)
+            x = x + depth
         if self.running_sums is not None:
             x = self.running_sums(x)
         return x, attention_mask

@@ -70,3 +70,66 @@ def test_running_sums_in_a_bfloat16_adapter():
     got = adapter.to(torch.bfloat16)(ids)[0]
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, atol=5e-2 * float(expected.abs().max()), rtol=0)
+
+
+def stack_depths(ids, open_id, close_id):
+    """Nesting depth per token by a stack walk; unmatched closings are ignored."""
+    depths, open_lists = [], 0
+    for token in ids:
+        if token == open_id:
+            open_lists += 1
+            depths.append(open_lists)
+        elif token == close_id:
+            depths.append(open_lists)
+            open_lists = max(open_lists - 1, 0)
+        else:
+            depths.append(open_lists)
+    return depths
+
+
+def depth_adapter(slopes=(0.0, 1.0, 2.0), max_depth=4):
+    torch.manual_seed(0)
+    config = TokenInputAdapter.Config(vocab_size=6, dim=8, max_seq_len=40, depth_tokens=(1, 2),
+                                      depth_slopes=slopes, max_depth=max_depth)
+    return TokenInputAdapter(config)
+
+
+def test_nesting_depth_matches_a_stack_walk():
+    adapter = depth_adapter()
+    hand = torch.tensor([[1, 3, 4, 1, 5, 5, 2, 2]])  # [ a b [ c c ] ]
+    assert adapter.depth.depth(hand).tolist() == [[1, 1, 1, 2, 2, 2, 2, 1]]
+    ids = torch.randint(0, 6, (50, 40))  # random brackets: unmatched closings and openings abound
+    expected = torch.tensor([stack_depths(row, 1, 2) for row in ids.tolist()])
+    assert int(expected.max()) > 4 and bool((ids == 2).any())
+    torch.testing.assert_close(adapter.depth.depth(ids), expected)
+
+
+def test_depth_embedding_and_key_bias():
+    adapter = depth_adapter()
+    ids = torch.tensor([[1, 3, 1, 1, 1, 1, 2, 2], [1, 4, 2, 2, 0, 0, 0, 0]])
+    mask = torch.tensor([[1] * 8, [1, 1, 1, 1, 0, 0, 0, 0]])
+    x, bias = adapter(ids, mask)
+    depth = torch.tensor([[1, 1, 2, 3, 4, 5, 5, 4], [1, 1, 1, 0, 0, 0, 0, 0]])
+    expected = (adapter.embedding.weight[ids] + adapter.positions.table[:8]
+                + adapter.depth.embedding.weight[depth.clamp(max=3)])  # depths 3+ share a row
+    torch.testing.assert_close(x, expected)
+    assert bias.shape == (2, 3, 8)
+    expected_bias = -torch.tensor([0.0, 1.0, 2.0])[None, :, None] * depth[:, None, :]
+    torch.testing.assert_close(bias[0], expected_bias[0])
+    torch.testing.assert_close(bias[1, :, :4], expected_bias[1, :, :4])
+    assert bool((bias[1, :, 4:] == float("-inf")).all())
+    without_mask = adapter(ids)[1]
+    torch.testing.assert_close(without_mask, expected_bias)
+    no_slopes = depth_adapter(slopes=())
+    x2, passed = no_slopes(ids, mask)
+    torch.testing.assert_close(x2, expected)  # same seed: same tables
+    assert passed is mask
+
+
+def test_depth_option_errors():
+    with pytest.raises(ValueError, match=r"depth_slopes: expected depth_tokens .* got depth_slopes=\(1.0,\)"):
+        TokenInputAdapter(TokenInputAdapter.Config(vocab_size=6, dim=8, depth_slopes=(1.0,)))
+    with pytest.raises(ValueError, match="max_depth: expected at least 1, got 0"):
+        depth_adapter(max_depth=0)
+    with pytest.raises(ValueError, match=r"attention_mask: expected shape \[2, 3\], got \[2, 4\]"):
+        depth_adapter()(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4))
