@@ -82,8 +82,9 @@ def byte_classifier(num_classes=10, max_seq_len=8192, dim=256, num_latents=256, 
     (``perceiver.inputs.text.NestingDepth``, slopes ``depth_slopes(num_heads)``)."""
     encoder = dict(cross_chunk_size=4096) | encoder
     depth = {}
-    if depth_brackets:
-        if len(depth_brackets) != 2 or any(len(encode(c)) != 1 for c in depth_brackets):
+    if depth_brackets != "":
+        if not isinstance(depth_brackets, str) or len(depth_brackets) != 2 \
+                or any(len(encode(c)) != 1 for c in depth_brackets):
             raise ValueError(f"depth_brackets: expected two one-byte characters, such as '[]', "
                              f"got {depth_brackets!r}")
         depth = dict(depth_tokens=tuple(encode(depth_brackets)), depth_slopes=depth_slopes(num_heads))

@@ -12,6 +12,7 @@ import datasets
 import torch
 
 import perceiver
+from perceiver import tokenizer
 from perceiver.cli import main
 from tasks.classify import confusion
 
@@ -32,6 +33,20 @@ def test_train_resume_evaluate_predict_on_listops(cache, capsys):
     assert isinstance(perceiver.from_pretrained(out), perceiver.PerceiverIO)
     assert main(["predict", str(out), "--text", "[MAX 2 9 [MIN 4 7 ] 0 ]"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["label"] <= 9
+
+
+def test_listops_with_nesting_depth_positions(cache, capsys):
+    out = cache / "depth"
+    args = ["train", "classify", "--data", "listops", "--preset", "tiny", "--output-dir", str(out), "--quiet",
+            "train.max_steps=4", "train.eval_every=4", "train.save_every=4"]
+    assert main(args + ['model.depth_brackets="[]"']) == 0
+    model = perceiver.from_pretrained(out)
+    assert model.input_adapter.config.depth_tokens == tuple(tokenizer.encode("[]"))
+    assert model.input_adapter.config.depth_slopes == (0.0, 1.0)  # the tiny preset's 2 heads
+    assert main(["predict", str(out), "--text", "[MAX 2 9 [MIN 4 7 ] 0 ]"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["label"] <= 9
+    assert main(args + ["model.depth_brackets=[]"]) == 2  # JSON: an empty list, not the two characters
+    assert "depth_brackets: expected two one-byte characters, such as '[]', got []" in capsys.readouterr().err
 
 
 def test_a_local_dataset_with_other_columns(cache, capsys):
