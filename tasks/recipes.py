@@ -37,7 +37,7 @@ PRESETS = {
         "listops-depth": dict(task=dict(max_seq_len=3072, model=dict(dim=128, num_latents=128, latent_dim=256,
                                                                      num_layers=4, num_heads=4,
                                                                      depth_brackets="[]")),
-                              train=dict(max_steps=4000, batch_size=32, lr=1e-3, warmup_steps=100,
+                              train=dict(max_steps=2500, batch_size=32, lr=1e-3, warmup_steps=100,
                                          eval_every=250, save_every=250)),
         "manpages": dict(task=dict(max_seq_len=2048, model=dict(dim=64, num_latents=64, latent_dim=128,
                                                                 num_layers=2, num_heads=4)),
