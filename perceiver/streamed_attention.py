@@ -141,13 +141,16 @@ def streamed_attention(q: Tensor, x: Tensor, key_values: KeyValues, params: Sequ
     ``chunk_size`` elements at a time by ``key_values`` (whose weights are ``params``).
 
     ``mask [B, M]`` (bool, True = keep) hides keys; every example must keep at least one.
-    ``bias [B, H or 1, M]`` (finite, not trained: it gets no gradient) is added to the scores of
-    the keys, and needs ``mask`` (all True where nothing is hidden). Returns
+    ``bias [B, H or 1, M]`` (finite, and not trained: a bias that requires a gradient raises) is
+    added to the scores of the keys. Returns
     ``[B, H, N, Dv]``. No attention dropout. ``use_fused`` picks the chunk kernel: PyTorch's CPU
     flash kernel or the explicit softmax (default: the flash kernel wherever ``fused`` allows).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    if bias is not None and bias.requires_grad:
+        raise ValueError("bias: streamed attention gives the key bias no gradient; got one that "
+                         "requires it (attend without chunks: cross_chunk_size=None)")
     if bias is not None and mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     return _StreamedAttention.apply(q, x, mask, bias, key_values, chunk_size, scale, use_fused, *params)

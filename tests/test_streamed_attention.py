@@ -80,6 +80,14 @@ def test_model_bf16_autocast_close_to_fp32():
     assert torch.linalg.vector_norm(grad_bf16 - grad) <= 0.1 * torch.linalg.vector_norm(grad)
 
 
+def test_a_trained_key_bias_is_refused():
+    q, x = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 4)
+    bias = torch.zeros(1, 2, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="bias: streamed attention gives the key bias no gradient"):
+        streamed_attention(q, x, lambda xc: (xc[:, None].expand(-1, 2, -1, -1),) * 2, [], None, 2, 0.5,
+                           bias=bias)
+
+
 def test_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         CrossAttentionLayer(8, 8, chunk_size=0)
