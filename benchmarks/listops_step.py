@@ -12,7 +12,6 @@ warm-up; prints the median step time of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
@@ -27,15 +26,10 @@ PRESET = dict(num_classes=10, max_seq_len=3072, dim=128, num_latents=128, latent
 
 
 def batch(size: int, seed: int = 0):
-    """``size`` ListOps examples from the benchmark's distribution: ids, mask, labels."""
-    rng, texts, labels = random.Random(seed), [], []
-    while len(texts) < size:
-        tree, length = listops.random_tree(rng)
-        if listops.MIN_LENGTH < length < listops.MAX_LENGTH:
-            texts.append(listops.dense(listops.to_text(tree)))
-            labels.append(listops.value(tree))
-    ids, mask = tokenizer.batch_encode(texts, PRESET["max_seq_len"])
-    return ids, mask, torch.tensor(labels)
+    """``size`` ListOps examples (``tasks.listops.generate``) in the dense form: ids, mask, labels."""
+    data = listops.generate(size, seed)
+    ids, mask = tokenizer.batch_encode([listops.dense(s) for s in data["Source"]], PRESET["max_seq_len"])
+    return ids, mask, torch.tensor(data["Target"])
 
 
 def main(argv=None):
