@@ -1,5 +1,5 @@
 """Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
-(small attentions under bf16 autocast on CPU run as explicit matmuls, which are faster there).
+(attentions under bf16 autocast on CPU run as explicit matmuls in slices, which is faster there).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -58,12 +58,18 @@ def split_key_bias(attention_mask: Tensor, batch: int, heads: int, length: int) 
     return keep, attention_mask.masked_fill(dropped, 0.0)
 
 
-# Under bf16 autocast on CPU, attention over at most this many scores (batch x heads x queries x
-# keys) runs as two bf16 matmuls and a softmax instead of the CPU flash kernel: config A's bf16 step
-# (benchmarks/run.py) took 0.82 s against 0.92 s that way (medians of 4 interleaved processes).
-# Larger score matrices keep the fused kernel, whose memory does not grow with them; fp32 keeps it
-# always (explicit attention was slower there: 2.07 s against 1.59 s).
-EXPLICIT_BF16_MAX_SCORES = 2**22
+# Under bf16 autocast on CPU, PyTorch's flash kernel is no faster than in fp32. Attention there runs
+# instead as two bf16 matmuls and a softmax, over slices of the batch and heads of at most
+# EXPLICIT_BF16_SLICE_SCORES scores each (batch x heads x queries x keys), small enough to stay in
+# cache. Config A's bf16 step (benchmarks/run.py) took 0.78 s this way against 0.85 s with only
+# its self-attentions explicit and whole (medians of 14 alternated steps in one process); its
+# cross-attentions alone (256 x 2048 and 2048 x 256 scores per head, 8 heads, batch 4) took 77 and
+# 60 ms against the flash kernel's 104 and 94 ms. Attentions of more than EXPLICIT_BF16_MAX_SCORES
+# scores keep the fused kernel: explicit attention keeps its weights for the backward pass (6
+# bytes a score), where the fused kernel keeps none. fp32 keeps the fused kernel always: explicit
+# attention, whole or sliced, was slower there (enc 142 vs 125 ms, dec 124 vs 99 ms).
+EXPLICIT_BF16_SLICE_SCORES = 2**22
+EXPLICIT_BF16_MAX_SCORES = 2**24
 
 
 def explicit_pays(q: Tensor, k: Tensor) -> bool:
@@ -73,6 +79,42 @@ def explicit_pays(q: Tensor, k: Tensor) -> bool:
     if torch.get_autocast_dtype("cpu") != torch.bfloat16:
         return False
     return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BF16_MAX_SCORES
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                       dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Softmax attention as matmuls: ``q [B, H, N, d]``, ``k [B, H, M, d]``, ``v [B, H, M, dv]``
+    and ``mask`` (None, a bool keep-mask or an additive float mask, broadcast to ``[B, H, N, M]``)
+    -> (output ``[B, H, N, dv]``, weights ``[B, H, N, M]``)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(F.dropout(weights, dropout_p), v), weights
+
+
+def explicit_attention_in_slices(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                                 dropout_p: float = 0.0, max_scores: int | None = None) -> Tensor:
+    """``explicit_attention``'s output, computed over slices of the batch and heads of at most
+    ``max_scores`` scores each (default ``EXPLICIT_BF16_SLICE_SCORES``; one head of one example
+    where even that is more)."""
+    max_scores = EXPLICIT_BF16_SLICE_SCORES if max_scores is None else max_scores
+    batch, heads, pair = q.shape[0], q.shape[1], q.shape[2] * k.shape[2]
+    per_slice = max(1, max_scores // pair)  # (example, head) pairs in one slice
+
+    def attend(b: slice, h: slice) -> Tensor:
+        m = None if mask is None else mask[b, h if mask.shape[1] > 1 else slice(None)]
+        return explicit_attention(q[b, h], k[b, h], v[b, h], m, dropout_p)[0]
+
+    if per_slice >= heads:
+        step = per_slice // heads
+        return torch.cat([attend(slice(i, i + step), slice(None)) for i in range(0, batch, step)])
+    return torch.cat([
+        torch.cat([attend(slice(i, i + 1), slice(j, j + per_slice)) for j in range(0, heads, per_slice)], 1)
+        for i in range(batch)
+    ])
 
 
 class MultiHeadAttention(nn.Module):
@@ -137,16 +179,12 @@ class MultiHeadAttention(nn.Module):
             sdpa_mask = rearrange(bias, "b h m -> b h 1 m").to(q.dtype).masked_fill(~sdpa_mask, float("-inf"))
 
         dropout_p = self.dropout if self.training else 0.0
-        if return_weights or explicit_pays(q, k):
-            scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-            if bias is not None:
-                scores = scores + sdpa_mask
-            elif sdpa_mask is not None:
-                scores = scores.masked_fill(~sdpa_mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
+        if return_weights:
+            out, weights = explicit_attention(q, k, v, sdpa_mask, dropout_p)
             if empty is not None:
                 weights = weights.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
-            out = torch.matmul(F.dropout(weights, dropout_p), v)
+        elif explicit_pays(q, k):
+            out = explicit_attention_in_slices(q, k, v, sdpa_mask, dropout_p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)
         out = self._output(out, empty)

@@ -128,5 +128,10 @@ class TokenInputAdapter(nn.Module):
     def embed(self, inputs: Tensor) -> Tensor:
         """Token embeddings plus positions ``[B, L, dim]``, before any running sums (ids unchecked)."""
         x = self.embedding(inputs.long())
-        x += self.positions()[:inputs.shape[1]]  # in place, and a view of the table: no [B, L, dim] copies
+        table = self.positions()
+        if inputs.shape[1] < table.shape[0]:
+            table = table[:inputs.shape[1]]
+        # in place and of x's rank: for one example the backward pass hands x's gradient to the
+        # table as it is (a slice or a broadcast over the batch would copy it, twice [L, dim])
+        x += table.unsqueeze(0)
         return x
