@@ -76,8 +76,9 @@ def byte_classifier(num_classes=10, max_seq_len=8192, dim=256, num_latents=256, 
     """Long-sequence byte classification (config B of the benchmarks): one learned class query.
     Inputs longer than 1,024 bytes stream through the cross-attention in chunks of 1,024
     (``cross_chunk_size``: the same outputs in less memory; at 32k bytes a training step's peak
-    RSS is 0.89 GB against 0.98 GB with chunks of 4,096, in the same time). ``running_sums``: channels of the
-    input's running sums (``perceiver.inputs.text.RunningSums``; nesting depth, counts).
+    RSS is 0.89 GB against 0.98 GB with chunks of 4,096, in the same time). ``running_sums``:
+    channels of the input's running sums (``perceiver.inputs.text.RunningSums``; nesting depth,
+    counts).
     ``depth_brackets``: an opening and a closing character (``"[]"``) whose nesting depth is
     embedded and biases the cross-attention heads toward the outer levels
     (``perceiver.inputs.text.NestingDepth``, slopes ``depth_slopes(num_heads)``)."""
