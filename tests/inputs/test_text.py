@@ -13,6 +13,23 @@ def test_embedding_plus_positions():
     assert mask is None and adapter.output_dim == 8
 
 
+@pytest.mark.parametrize("batch, length", [(1, 6), (1, 4), (3, 6), (3, 4)])
+def test_gradients_reach_embedding_and_positions(batch, length):
+    """Against a float64 gather-and-add: one example or several, the full table or a prefix."""
+    torch.manual_seed(batch * 10 + length)
+    adapter = TokenInputAdapter(TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=6)).double()
+    ids = torch.randint(0, 20, (batch, length))
+    upstream = torch.randn(batch, length, 8, dtype=torch.float64)
+    x, _ = adapter(ids)
+    (x * upstream).sum().backward()
+    expected_table = torch.zeros(6, 8, dtype=torch.float64)
+    expected_table[:length] = upstream.sum(0)
+    expected_embedding = torch.zeros(20, 8, dtype=torch.float64).index_add_(0, ids.flatten(),
+                                                                           upstream.flatten(0, 1))
+    torch.testing.assert_close(adapter.positions.table.grad, expected_table)
+    torch.testing.assert_close(adapter.embedding.weight.grad, expected_embedding)
+
+
 @pytest.mark.parametrize("ids, message", [
     (torch.zeros(2, 7, dtype=torch.long), "inputs: expected at most max_seq_len=6 tokens, got 7"),
     (torch.zeros(2, 3), "inputs: expected an integer tensor, got torch.float32"),
