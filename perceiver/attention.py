@@ -103,18 +103,18 @@ def explicit_attention_in_slices(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     max_scores = EXPLICIT_BF16_SLICE_SCORES if max_scores is None else max_scores
     batch, heads, pair = q.shape[0], q.shape[1], q.shape[2] * k.shape[2]
     per_slice = max(1, max_scores // pair)  # (example, head) pairs in one slice
+    examples, head_step = max(1, per_slice // heads), min(heads, per_slice)
 
     def attend(b: slice, h: slice) -> Tensor:
         m = None if mask is None else mask[b, h if mask.shape[1] > 1 else slice(None)]
         return explicit_attention(q[b, h], k[b, h], v[b, h], m, dropout_p)[0]
 
-    if per_slice >= heads:
-        step = per_slice // heads
-        return torch.cat([attend(slice(i, i + step), slice(None)) for i in range(0, batch, step)])
-    return torch.cat([
-        torch.cat([attend(slice(i, i + 1), slice(j, j + per_slice)) for j in range(0, heads, per_slice)], 1)
-        for i in range(batch)
-    ])
+    def cat(parts: list[Tensor], dim: int) -> Tensor:  # one part needs no copy
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+    rows = [cat([attend(slice(i, i + examples), slice(j, j + head_step))
+                 for j in range(0, heads, head_step)], 1) for i in range(0, batch, examples)]
+    return cat(rows, 0)
 
 
 class MultiHeadAttention(nn.Module):
