@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from perceiver.streamed_attention import streamed_attention
+from perceiver.streamed_attention import ChunkedInput, streamed_attention
 
 
 def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int) -> Tensor | None:
@@ -190,11 +190,12 @@ class MultiHeadAttention(nn.Module):
         out = self._output(out, empty)
         return (out, weights) if return_weights else out
 
-    def forward_streamed(self, x_q: Tensor, x_kv: Tensor, kv_norm: nn.LayerNorm,
+    def forward_streamed(self, x_q: Tensor, x_kv: Tensor | ChunkedInput, kv_norm: nn.LayerNorm,
                          attention_mask: Tensor | None, chunk_size: int) -> Tensor:
         """``forward(x_q, kv_norm(x_kv), attention_mask)`` with the keys and values computed
         ``chunk_size`` input elements at a time (``perceiver.streamed_attention``): the same result
-        without ever holding the normalised input, keys or values of all ``M`` elements."""
+        without ever holding the normalised input, keys or values of all ``M`` elements (nor the
+        input itself, given as a ``ChunkedInput``)."""
         if self.training and self.dropout > 0:
             raise ValueError(f"dropout: streamed attention has no attention dropout, got {self.dropout}")
         mask, empty, bias = self._mask(attention_mask, x_kv)

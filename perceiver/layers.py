@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.attention import MultiHeadAttention
+from perceiver.streamed_attention import ChunkedInput
 
 
 class SquaredReLU(nn.Module):
@@ -64,6 +65,8 @@ class CrossAttentionLayer(nn.Module):
     optional residual to the un-normalised queries, then a residual MLP. With ``chunk_size`` a
     key/value array longer than that is normalised, projected and attended to in chunks
     (``MultiHeadAttention.forward_streamed``): the same output in memory O(chunk) instead of O(M).
+    The key/value array may be a ``ChunkedInput``, computed a chunk at a time when streamed
+    (computed whole otherwise).
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class CrossAttentionLayer(nn.Module):
     def forward(
         self,
         x_q: Tensor,
-        x_kv: Tensor,
+        x_kv: Tensor | ChunkedInput,
         attention_mask: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -106,6 +109,8 @@ class CrossAttentionLayer(nn.Module):
         if self.streams(x_kv.shape[1]) and not return_weights:
             attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
         else:
+            if isinstance(x_kv, ChunkedInput):
+                x_kv = x_kv.materialise()
             attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
         x = attended + x_q if self.query_residual else attended

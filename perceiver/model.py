@@ -24,6 +24,7 @@ from perceiver.config import build, register
 from perceiver.inputs import MultimodalAdapter
 from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation
 from perceiver.outputs import build_output
+from perceiver.streamed_attention import ChunkedInput
 
 
 @dataclass
@@ -97,7 +98,9 @@ class PerceiverOutput:
 
 
 class PerceiverEncoder(nn.Module):
-    """``x [B, M, input_dim]`` (+ mask ``[B, M]``) -> latents ``[B, num_latents, latent_dim]``."""
+    """``x [B, M, input_dim]`` (+ mask ``[B, M]``) -> latents ``[B, num_latents, latent_dim]``.
+    ``x`` may be a ``ChunkedInput``: computed a chunk at a time where the cross-attention streams
+    it, whole (once) otherwise."""
 
     def __init__(self, config: EncoderConfig, input_dim: int):
         super().__init__()
@@ -133,7 +136,13 @@ class PerceiverEncoder(nn.Module):
             return checkpoint(layer, z, x, attention_mask, use_reentrant=False)
         return layer(z, x, attention_mask)
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None, return_weights=False):
+    def streams(self, length: int) -> bool:
+        """Whether an input of ``length`` elements goes through the cross-attention in chunks."""
+        return self.cross_attention.streams(length)
+
+    def forward(self, x: Tensor | ChunkedInput, attention_mask: Tensor | None = None, return_weights=False):
+        if isinstance(x, ChunkedInput) and (return_weights or not self.streams(x.shape[1])):
+            x = x.materialise()
         weights = {"self": []} if return_weights else None
         z = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
         z = self._cross(self.cross_attention, z, x, attention_mask, weights)
@@ -174,6 +183,13 @@ class PerceiverDecoder(nn.Module):
         return torch.cat([self.cross_attention(q, latents) for q in chunks], dim=1)
 
 
+def _adapt(adapter: nn.Module, inputs, attention_mask):
+    """The adapter's ``(x, attention_mask)``, with ``x`` as a ``ChunkedInput`` where the adapter
+    offers one (``chunked``; the encoder computes it whole unless it streams it)."""
+    chunked = getattr(adapter, "chunked", None)
+    return (adapter if chunked is None else chunked)(inputs, attention_mask)
+
+
 @register("perceiver_io")
 class PerceiverIO(PretrainedMixin, nn.Module):
     """Perceiver IO built from adapter, query and output configs (see the module docstring).
@@ -210,7 +226,9 @@ class PerceiverIO(PretrainedMixin, nn.Module):
     def forward(self, inputs, attention_mask: Tensor | None = None, *, query_index=None,
                 modality_mask=None, return_attention: bool = False) -> PerceiverOutput:
         if modality_mask is None:
-            x, attention_mask = self.input_adapter(inputs, attention_mask)
+            x, attention_mask = _adapt(self.input_adapter, inputs, attention_mask)
+            if isinstance(x, ChunkedInput) and getattr(self.queries, "reads_inputs", False):
+                x = x.materialise()
         elif isinstance(self.input_adapter, MultimodalAdapter):
             x, attention_mask = self.input_adapter(inputs, attention_mask, modality_mask=modality_mask)
         else:
@@ -251,7 +269,7 @@ class Perceiver(PretrainedMixin, nn.Module):
 
     def forward(self, inputs, attention_mask: Tensor | None = None, *,
                 return_attention: bool = False) -> PerceiverOutput:
-        x, attention_mask = self.input_adapter(inputs, attention_mask)
+        x, attention_mask = _adapt(self.input_adapter, inputs, attention_mask)
         out = self.encoder(x.to(self.encoder.latents.dtype), attention_mask, return_weights=return_attention)
         latents, attentions = out if return_attention else (out, None)
         return PerceiverOutput(self.classifier(self.norm(latents.mean(dim=1))), latents, attentions)

@@ -5,7 +5,8 @@ array (it gives batch size, dtype and, for input-derived queries, the queries th
 ``index`` picks a subset of the provider's queries (a 1-D tensor of flat indices ``[O]``, or
 ``[B, O]`` for a different subset per example, e.g. each example's masked positions; for
 multimodal queries a dict of them). It has ``output_dim``. Multimodal providers return a dict per
-modality.
+modality. A provider that reads the values of ``x`` (not only its shape) says so with
+``reads_inputs = True``: the model then hands it a computed array, not a ``ChunkedInput``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class InputQueries(nn.Module):
     """The encoder's input array itself as queries (one output per input element, as in optical
     flow); ``index`` selects input elements."""
 
+    reads_inputs = True
+
     @dataclass
     class Config:
         dim: int = 64
@@ -137,6 +140,7 @@ class MultimodalQueries(nn.Module):
             n: nn.Parameter(torch.randn(self.output_dim - p.output_dim) * 0.02)
             for n, p in self.providers.items()
         })
+        self.reads_inputs = any(getattr(p, "reads_inputs", False) for p in self.providers.values())
 
     def forward(self, x: Tensor, index: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         index = dict(index or {})

@@ -9,6 +9,10 @@ more projection of the input) and feeds the merged output and log-sum-exp to the
 attention backward, so the gradients are those of attention over the whole array. Without
 gradients nothing is kept: inference over M elements needs memory for the input and one chunk.
 
+The input may also be a ``ChunkedInput``: the recipe that computes ``x`` a chunk at a time (token
+ids embedded and added to their positions). Then ``x`` itself is never held, not even for the
+backward pass, which keeps only the recipe's tensors (the ids) and recomputes each chunk.
+
 On CPU, with q/k and v heads of one width, each chunk runs PyTorch's fused flash-attention
 kernel; otherwise (other devices, unequal widths) an explicit softmax over the chunk's scores
 ``[B, H, N, chunk]`` (tested on CPU against the flash kernel; not yet run on a GPU).
@@ -17,12 +21,53 @@ kernel; otherwise (other devices, unequal widths) an explicit softmax over the c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 aten = torch.ops.aten
 KeyValues = Callable[[Tensor], tuple[Tensor, Tensor]]  # x chunk [B, c, C] -> k, v [B, H, c, D]
+
+
+@dataclass(frozen=True)
+class ChunkedInput:
+    """An input array ``x [B, M, C]`` held as the recipe that computes any chunk of it:
+    ``x[:, a:b] == compute(*(t[:, a:b] for t in tensors))`` for ``tensors [B or 1, M, ...]``
+    (token ids ``[B, M]``, a position table ``[1, M, C]``); ``compute`` may also read ``params``
+    whole (an embedding table), which then get their gradients through it. ``shape`` and ``dtype``
+    are those of ``x``. Streamed attention computes it a chunk at a time; ``materialise()`` whole.
+
+    Each chunk's gradient of ``params`` is dense (the whole embedding table, once per chunk): cheap
+    for bytes (262 rows), not for a large vocabulary."""
+
+    tensors: tuple[Tensor, ...]
+    compute: Callable[..., Tensor]
+    params: tuple[Tensor, ...]
+    shape: torch.Size
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, x: Tensor) -> ChunkedInput:
+        """A computed array as its own recipe."""
+        return cls((x,), _identity, (), x.shape, x.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors[0].device
+
+    def materialise(self) -> Tensor:
+        return self.compute(*self.tensors)
+
+    def to(self, dtype: torch.dtype) -> ChunkedInput:
+        if dtype == self.dtype:
+            return self
+        compute = self.compute
+        return replace(self, compute=lambda *chunks: compute(*chunks).to(dtype), dtype=dtype)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def _additive(mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -76,11 +121,13 @@ def _chunk_backward(grad, q, k, v, out, lse, bias, scale, use_fused) -> tuple[Te
 
 class _StreamedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, x, mask, bias, key_values, chunk_size, scale, use_fused, *params):
+    def forward(ctx, q, mask, bias, key_values, compute, chunk_size, scale, use_fused, num_inputs, *tensors):
+        inputs = tensors[:num_inputs]
         out = lse = None
-        for start in range(0, x.shape[1], chunk_size):
+        for start in range(0, inputs[0].shape[1], chunk_size):
             part = slice(start, start + chunk_size)
-            k, v = key_values(x.detach()[:, part])  # views of x here would claim requires_grad
+            # detached first: views of the inputs here would claim requires_grad
+            k, v = key_values(compute(*(t.detach()[:, part] for t in inputs)))
             additive = _additive(*_chunk(mask, bias, part), q.dtype)
             use_fused = fused(q, v) if use_fused is None else use_fused
             o, o_lse = _chunk_forward(q, k, v, additive, scale, use_fused)
@@ -95,50 +142,57 @@ class _StreamedAttention(torch.autograd.Function):
         out = out.to(q.dtype)
         device = q.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.key_values, ctx.chunk_size, ctx.scale, ctx.use_fused = key_values, chunk_size, scale, use_fused
-        ctx.save_for_backward(q, x, mask, bias, out, lse.to(lse_dtype), *params)
+        ctx.key_values, ctx.compute, ctx.chunk_size, ctx.scale = key_values, compute, chunk_size, scale
+        ctx.use_fused, ctx.num_inputs = use_fused, num_inputs
+        ctx.save_for_backward(q, mask, bias, out, lse.to(lse_dtype), *tensors)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, x, mask, bias, out, lse, *params = ctx.saved_tensors
+        q, mask, bias, out, lse, *tensors = ctx.saved_tensors
+        inputs, params = tensors[:ctx.num_inputs], tensors[ctx.num_inputs:]
         device, autocast, dtype = ctx.autocast
         grad = grad.contiguous()
         dq = torch.zeros_like(q, dtype=_accumulator(q))
-        dx = torch.empty_like(x) if ctx.needs_input_grad[1] else None
+        first = 9  # the position of the first input among forward's arguments
+        dinputs = [torch.empty_like(t) if ctx.needs_input_grad[first + i] else None
+                   for i, t in enumerate(inputs)]
         dparams = [None] * len(params)
         trained = [i for i, p in enumerate(params) if p.requires_grad]
-        for start in range(0, x.shape[1], ctx.chunk_size):
+        learning = [i for i, d in enumerate(dinputs) if d is not None]
+        for start in range(0, inputs[0].shape[1], ctx.chunk_size):
             part = slice(start, start + ctx.chunk_size)
-            xc = x[:, part].detach().requires_grad_(dx is not None)
-            with torch.set_grad_enabled(dx is not None or bool(trained)), \
+            chunks = [t[:, part].detach().requires_grad_(d is not None)
+                      for t, d in zip(inputs, dinputs, strict=True)]
+            with torch.set_grad_enabled(bool(learning) or bool(trained)), \
                     torch.autocast(device, dtype=dtype, enabled=autocast):
-                k, v = ctx.key_values(xc)
+                k, v = ctx.key_values(ctx.compute(*chunks))
             additive = _additive(*_chunk(mask, bias, part), q.dtype)
             dq_c, dk, dv = _chunk_backward(grad, q, k.detach(), v.detach(), out, lse, additive,
                                            ctx.scale, ctx.use_fused)
             dq += dq_c
-            inputs = ([xc] if dx is not None else []) + [params[i] for i in trained]
-            if not inputs:  # only the queries learn
+            wanted = [chunks[i] for i in learning] + [params[i] for i in trained]
+            if not wanted:  # only the queries learn
                 continue
-            grads = torch.autograd.grad((k, v), inputs, (dk, dv), allow_unused=True)
-            if dx is not None:
-                dx[:, part], grads = grads[0], grads[1:]
-            for i, g in zip(trained, grads, strict=True):
+            grads = torch.autograd.grad((k, v), wanted, (dk, dv), allow_unused=True)
+            for i, g in zip(learning, grads[:len(learning)], strict=True):
+                dinputs[i][:, part] = 0 if g is None else g
+            for i, g in zip(trained, grads[len(learning):], strict=True):
                 if g is not None:
                     dparams[i] = g if dparams[i] is None else dparams[i] + g
-        return (dq.to(q.dtype), dx, None, None, None, None, None, None, *dparams)
+        return (dq.to(q.dtype), *[None] * (first - 1), *dinputs, *dparams)
 
 
 def _chunk(mask: Tensor | None, bias: Tensor | None, part: slice):
     return (None if mask is None else mask[:, part]), (None if bias is None else bias[..., part])
 
 
-def streamed_attention(q: Tensor, x: Tensor, key_values: KeyValues, params: Sequence[Tensor],
-                       mask: Tensor | None, chunk_size: int, scale: float,
+def streamed_attention(q: Tensor, x: Tensor | ChunkedInput, key_values: KeyValues,
+                       params: Sequence[Tensor], mask: Tensor | None, chunk_size: int, scale: float,
                        use_fused: bool | None = None, bias: Tensor | None = None) -> Tensor:
-    """Attention of ``q [B, H, N, D]`` over the keys and values of input ``x [B, M, C]``, computed
-    ``chunk_size`` elements at a time by ``key_values`` (whose weights are ``params``).
+    """Attention of ``q [B, H, N, D]`` over the keys and values of input ``x [B, M, C]`` (a tensor,
+    or a ``ChunkedInput`` computed a chunk at a time), computed ``chunk_size`` elements at a time
+    by ``key_values`` (whose weights are ``params``).
 
     ``mask [B, M]`` (bool, True = keep) hides keys; every example must keep at least one.
     ``bias [B, H or 1, M]`` (finite, and not trained: a bias that requires a gradient raises) is
@@ -151,6 +205,9 @@ def streamed_attention(q: Tensor, x: Tensor, key_values: KeyValues, params: Sequ
     if bias is not None and bias.requires_grad:
         raise ValueError("bias: streamed attention gives the key bias no gradient; got one that "
                          "requires it (attend without chunks: cross_chunk_size=None)")
+    if isinstance(x, Tensor):
+        x = ChunkedInput.of(x)
     if bias is not None and mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    return _StreamedAttention.apply(q, x, mask, bias, key_values, chunk_size, scale, use_fused, *params)
+    return _StreamedAttention.apply(q, mask, bias, key_values, x.compute, chunk_size, scale, use_fused,
+                                    len(x.tensors), *x.tensors, *x.params, *params)

@@ -6,7 +6,8 @@ import torch
 
 from perceiver import PerceiverIO, presets
 from perceiver.layers import CrossAttentionLayer
-from perceiver.streamed_attention import streamed_attention
+from perceiver.streamed_attention import ChunkedInput, streamed_attention
+from perceiver.tokenizer import encode
 
 
 def _grads(layer, z, x, mask, g):
@@ -107,3 +108,87 @@ def test_only_queries_learn():
     layer.chunk_size = 9
     (got,) = torch.autograd.grad(layer(z, x).sum(), z)
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("use_fused", [True, False])
+def test_chunked_input_matches_the_whole_array(use_fused):
+    """A ``ChunkedInput`` (ids gathered from an embedding table, plus a prefix of a position table
+    shared by the batch) streams to the textbook attention over the whole embedded array, with the
+    gradients of both tables written chunk by chunk."""
+    torch.manual_seed(3)
+    q = torch.randn(3, 2, 4, 8, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(11, 6, dtype=torch.float64, requires_grad=True)
+    positions = torch.randn(60, 6, dtype=torch.float64, requires_grad=True)  # 60 rows; M = 50 used
+    ids = torch.randint(0, 11, (3, 50))
+    wk, wv = (torch.randn(6, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def key_values(xc):
+        return tuple((xc @ w).unflatten(-1, (2, 8)).transpose(1, 2) for w in (wk, wv))
+
+    def embed(ids_c, positions_c):
+        return table[ids_c] + positions_c
+
+    x = ChunkedInput((ids, positions[:50][None]), embed, (table,), torch.Size((3, 50, 6)), torch.float64)
+    whole = table[ids] + positions[:50]
+    k, v = key_values(whole)
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+    out = streamed_attention(q, x, key_values, [wk, wv], None, 7, 8**-0.5, use_fused=use_fused)
+    g = torch.randn_like(ref)
+    wrt = [q, table, positions, wk, wv]
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def _float64_classifier(chunk_size, max_seq_len=64, **options):
+    torch.manual_seed(0)
+    config = presets.byte_classifier(num_classes=3, max_seq_len=max_seq_len, dim=16, num_latents=8,
+                                     latent_dim=32, num_layers=1, num_heads=2, cross_chunk_size=chunk_size,
+                                     **options)
+    model = PerceiverIO(config).double()
+    for p in model.input_adapter.parameters():  # zero-initialised running-sum layers count too
+        torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("length, options", [
+    (64, {}),  # the whole position table
+    (50, {}),  # a prefix of it
+    (50, {"depth_brackets": "[]"}),  # depth rows streamed beside the ids, and the depth key bias
+    (50, {"running_sums": 4}),  # running sums need the whole array: computed whole, then streamed
+])
+def test_model_streams_token_inputs_exactly(length, options):
+    ids = torch.randint(0, 262, (2, length), generator=torch.Generator().manual_seed(1))
+    opening, closing = encode("[]")
+    ids[:, 5], ids[:, 9], ids[:, 20], ids[:, 30] = opening, closing, opening, opening  # depths 0 to 2
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, 40:] = False
+    results = []
+    for chunk_size in (None, 16):
+        model = _float64_classifier(chunk_size, **options)
+        logits = model(ids, attention_mask=mask).logits
+        logits.square().sum().backward()
+        results.append((logits, {n: p.grad for n, p in model.named_parameters()}))
+    (ref, ref_grads), (out, grads) = results
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("options, kept", [({}, False), ({"running_sums": 4}, True)])
+def test_streamed_token_inputs_keep_no_embedded_array(options, kept):
+    """The backward pass of a streamed token input keeps the ids, not the embedded array
+    ``[B, M, dim]`` (running sums need it whole, so there it is kept)."""
+    model = _float64_classifier(16, **options)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.is_floating_point() and t.untyped_storage().data_ptr() not in params:
+            saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randint(0, 262, (1, 64))).logits.sum()
+    assert any(shape[-2:] == (64, 16) for shape in saved) == kept, saved

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from perceiver.config import register
 from perceiver.inputs.base import check_size, check_tensor
 from perceiver.positions import LearnedPositions
+from perceiver.streamed_attention import ChunkedInput
 
 
 class RunningSums(nn.Module):
@@ -37,8 +38,9 @@ class RunningSums(nn.Module):
 class NestingDepth(nn.Module):
     """The nesting depth of each token between an opening and a closing token id
     (``[MAX2[MIN34]]`` -> 1 1 1 1 1 2 2 2 2 2 2 2 1: a closing token belongs to the list it closes;
-    an unmatched closing is at depth 0 and changes nothing), as an embedding ``[B, L, dim]``
-    (depths from ``max_depth - 1`` on share the last row) and, with ``slopes`` (one per head of
+    an unmatched closing is at depth 0 and changes nothing), as the rows of an embedding
+    (``embedding``, which the adapter adds; depths from ``max_depth - 1`` on share the last row)
+    and, with ``slopes`` (one per head of
     the encoder's cross-attention), as a key bias ``[B, H, L] = -slope_h * depth``: ALiBi's fixed
     per-head slopes over the depth instead of the distance. A head with slope s weighs a token at
     depth d by e^(-s d): with slopes (0, 1, 2, 4) one head reads the whole input and the others
@@ -63,17 +65,18 @@ class NestingDepth(nn.Module):
         return F.pad(after[:, :-1], (1, 0)) + opens
 
     def forward(self, ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """(depth embedding ``[B, L, dim]``, the key bias ``[B, H, L]`` with ``-inf`` where
-        ``attention_mask`` is 0, or ``attention_mask`` itself without slopes)."""
+        """(the embedding's rows ``[B, L]``: the depth, capped at ``max_depth - 1``; the key bias
+        ``[B, H, L]`` with ``-inf`` where ``attention_mask`` is 0, or ``attention_mask`` itself
+        without slopes)."""
         depth = self.depth(ids)
-        embedded = self.embedding(depth.clamp(max=self.max_depth - 1))
+        rows = depth.clamp(max=self.max_depth - 1)
         if not len(self.slopes):
-            return embedded, attention_mask
+            return rows, attention_mask
         bias = -self.slopes[:, None] * depth[:, None, :].float()
         if attention_mask is not None:
             check_size("attention_mask", attention_mask.shape, ids.shape, "shape")
             bias = bias.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
-        return embedded, bias
+        return rows, bias
 
 
 @register("tokens")
@@ -110,6 +113,15 @@ class TokenInputAdapter(nn.Module):
         self.output_dim = config.dim
 
     def forward(self, inputs: Tensor, attention_mask: Tensor | None = None):
+        x, attention_mask = self.chunked(inputs, attention_mask)
+        return (x.materialise() if isinstance(x, ChunkedInput) else x), attention_mask
+
+    def chunked(self, inputs: Tensor, attention_mask: Tensor | None = None):
+        """``forward``, with ``x`` as a ``ChunkedInput`` (the ids and the position table, embedded a
+        chunk at a time inside a streamed cross-attention, never whole) unless running sums, which
+        need all of it, make it a tensor. ``PerceiverIO`` calls this, not ``forward``: the recipe
+        reads this adapter's weights later, inside the encoder, so hooks on the adapter do not see
+        the embedding, and the adapter must not be sharded on its own (FSDP2 ``fully_shard``)."""
         check_tensor("inputs", inputs, 2, floating=False)
         length, limit = inputs.shape[1], self.config.max_seq_len
         if length > limit:
@@ -117,21 +129,33 @@ class TokenInputAdapter(nn.Module):
         if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
-        x = self.embed(inputs)
+        tensors, params = [inputs.long(), self._positions(length)], [self.embedding.weight]
         if self.depth is not None:
             depth, attention_mask = self.depth(inputs, attention_mask)
-            x = x + depth
+            tensors.append(depth)
+            params.append(self.depth.embedding.weight)
+        weight = self.embedding.weight
+        x = ChunkedInput(tuple(tensors), self._embed, tuple(params),
+                         torch.Size((*inputs.shape, weight.shape[1])), weight.dtype)
         if self.running_sums is not None:
-            x = self.running_sums(x)
+            return self.running_sums(x.materialise()), attention_mask
         return x, attention_mask
 
     def embed(self, inputs: Tensor) -> Tensor:
-        """Token embeddings plus positions ``[B, L, dim]``, before any running sums (ids unchecked)."""
-        x = self.embedding(inputs.long())
+        """Token embeddings plus positions ``[B, L, dim]``, before any depth or running sums (ids
+        unchecked)."""
+        return self._embed(inputs.long(), self._positions(inputs.shape[1]))
+
+    def _positions(self, length: int) -> Tensor:
+        """The first ``length`` positions ``[1, length, dim]`` (the whole table unsliced, whose
+        gradient a slice would copy)."""
         table = self.positions()
-        if inputs.shape[1] < table.shape[0]:
-            table = table[:inputs.shape[1]]
+        return (table if length == table.shape[0] else table[:length]).unsqueeze(0)
+
+    def _embed(self, ids: Tensor, positions: Tensor, depth: Tensor | None = None) -> Tensor:
+        """``ids [B, c]``, ``positions [1, c, dim]`` and depth levels ``[B, c]`` -> ``[B, c, dim]``."""
+        x = self.embedding(ids)
         # in place and of x's rank: for one example the backward pass hands x's gradient to the
-        # table as it is (a slice or a broadcast over the batch would copy it, twice [L, dim])
-        x += table.unsqueeze(0)
-        return x
+        # positions as it is (a broadcast over the batch would copy it)
+        x += positions
+        return x if depth is None else x + self.depth.embedding(depth)

@@ -30,10 +30,11 @@ def data(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_in_one(tmp_path, data, strategy):
-    def args(out, *more):
+    def args(out, *more):  # chunks of 4 bytes: the input streams, embedded chunk by chunk, sharded
         return ["train", "classify", "--data", str(data), "--preset", "tiny", "--output-dir", str(out),
                 "--quiet", "--max-steps", "6", "--strategy", strategy, "train.batch_size=16",
-                "train.log_every=1", "train.eval_every=3", "train.save_every=3", "train.num_workers=0", *more]
+                "model.cross_chunk_size=4", "train.log_every=1", "train.eval_every=3", "train.save_every=3",
+                "train.num_workers=0", *more]
 
     def torchrun(*arguments):
         env = os.environ | {"PERCEIVER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
