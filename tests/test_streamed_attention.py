@@ -192,3 +192,15 @@ def test_streamed_token_inputs_keep_no_embedded_array(options, kept):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(torch.randint(0, 262, (1, 64))).logits.sum()
     assert any(shape[-2:] == (64, 16) for shape in saved) == kept, saved
+
+
+def test_chunked_input_to_another_dtype():
+    table = torch.randn(5, 3)
+    x = ChunkedInput((torch.tensor([[0, 4, 2]]),), lambda ids: table[ids], (), torch.Size((1, 3, 3)),
+                     torch.float32)
+    assert x.to(torch.float32) is x
+    doubled = x.to(torch.float64)
+    assert doubled.dtype == torch.float64 and doubled.shape == x.shape
+    out = doubled.materialise()
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, table[[0, 4, 2]][None].double())
