@@ -136,13 +136,11 @@ class PerceiverEncoder(nn.Module):
             return checkpoint(layer, z, x, attention_mask, use_reentrant=False)
         return layer(z, x, attention_mask)
 
-    def streams(self, length: int) -> bool:
-        """Whether an input of ``length`` elements goes through the cross-attention in chunks."""
-        return self.cross_attention.streams(length)
-
     def forward(self, x: Tensor | ChunkedInput, attention_mask: Tensor | None = None, return_weights=False):
-        if isinstance(x, ChunkedInput) and (return_weights or not self.streams(x.shape[1])):
-            x = x.materialise()
+        if isinstance(x, ChunkedInput):  # computed whole, once, unless streamed in chunks that pay
+            layer = self.cross_attention
+            if return_weights or not layer.streams(x.shape[1]) or not x.pays_in_chunks(layer.chunk_size):
+                x = x.materialise()
         weights = {"self": []} if return_weights else None
         z = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
         z = self._cross(self.cross_attention, z, x, attention_mask, weights)

@@ -39,7 +39,7 @@ class ChunkedInput:
     are those of ``x``. Streamed attention computes it a chunk at a time; ``materialise()`` whole.
 
     Each chunk's gradient of ``params`` is dense (the whole embedding table, once per chunk): cheap
-    for bytes (262 rows), not for a large vocabulary."""
+    for bytes (262 rows), not for a large vocabulary (``pays_in_chunks``)."""
 
     tensors: tuple[Tensor, ...]
     compute: Callable[..., Tensor]
@@ -55,6 +55,13 @@ class ChunkedInput:
     @property
     def device(self) -> torch.device:
         return self.tensors[0].device
+
+    def pays_in_chunks(self, chunk_size: int) -> bool:
+        """Whether computing it ``chunk_size`` elements at a time costs about what the chunks do:
+        ``params`` no larger than one chunk ``[chunk_size, C]``, since each chunk's backward pass
+        makes a dense gradient of them (262 byte embeddings of any width pay in chunks of 262 or
+        more; a 32k-token vocabulary would not)."""
+        return sum(p.numel() for p in self.params) <= chunk_size * self.shape[-1]
 
     def materialise(self) -> Tensor:
         return self.compute(*self.tensors)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from perceiver import PerceiverIO, presets
+from perceiver.inputs import TokenInputAdapter
 from perceiver.layers import CrossAttentionLayer
 from perceiver.streamed_attention import ChunkedInput, streamed_attention
 from perceiver.tokenizer import encode
@@ -140,7 +141,7 @@ def test_chunked_input_matches_the_whole_array(use_fused):
         torch.testing.assert_close(a, b)
 
 
-def _float64_classifier(chunk_size, max_seq_len=64, **options):
+def _float64_classifier(chunk_size, max_seq_len=960, **options):
     torch.manual_seed(0)
     config = presets.byte_classifier(num_classes=3, max_seq_len=max_seq_len, dim=16, num_latents=8,
                                      latent_dim=32, num_layers=1, num_heads=2, cross_chunk_size=chunk_size,
@@ -151,20 +152,21 @@ def _float64_classifier(chunk_size, max_seq_len=64, **options):
     return model
 
 
+# chunks of 300 bytes x 16 channels: the 262 byte embeddings (and 16 depth ones) pay in chunks
 @pytest.mark.parametrize("length, options", [
-    (64, {}),  # the whole position table
-    (50, {}),  # a prefix of it
-    (50, {"depth_brackets": "[]"}),  # depth rows streamed beside the ids, and the depth key bias
-    (50, {"running_sums": 4}),  # running sums need the whole array: computed whole, then streamed
+    (960, {}),  # the whole position table
+    (850, {}),  # a prefix of it
+    (850, {"depth_brackets": "[]"}),  # depth rows streamed beside the ids, and the depth key bias
+    (850, {"running_sums": 4}),  # running sums need the whole array: computed whole, then streamed
 ])
 def test_model_streams_token_inputs_exactly(length, options):
     ids = torch.randint(0, 262, (2, length), generator=torch.Generator().manual_seed(1))
     opening, closing = encode("[]")
-    ids[:, 5], ids[:, 9], ids[:, 20], ids[:, 30] = opening, closing, opening, opening  # depths 0 to 2
+    ids[:, 5], ids[:, 9], ids[:, 200], ids[:, 400] = opening, closing, opening, opening  # depths 0 to 2
     mask = torch.ones(2, length, dtype=torch.bool)
-    mask[1, 40:] = False
+    mask[1, 700:] = False
     results = []
-    for chunk_size in (None, 16):
+    for chunk_size in (None, 300):
         model = _float64_classifier(chunk_size, **options)
         logits = model(ids, attention_mask=mask).logits
         logits.square().sum().backward()
@@ -180,7 +182,7 @@ def test_model_streams_token_inputs_exactly(length, options):
 def test_streamed_token_inputs_keep_no_embedded_array(options, kept):
     """The backward pass of a streamed token input keeps the ids, not the embedded array
     ``[B, M, dim]`` (running sums need it whole, so there it is kept)."""
-    model = _float64_classifier(16, **options)
+    model = _float64_classifier(300, **options)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = []
 
@@ -190,8 +192,8 @@ def test_streamed_token_inputs_keep_no_embedded_array(options, kept):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.randint(0, 262, (1, 64))).logits.sum()
-    assert any(shape[-2:] == (64, 16) for shape in saved) == kept, saved
+        model(torch.randint(0, 262, (1, 960))).logits.sum()
+    assert any(shape[-2:] == (960, 16) for shape in saved) == kept, saved
 
 
 def test_chunked_input_to_another_dtype():
@@ -204,3 +206,35 @@ def test_chunked_input_to_another_dtype():
     out = doubled.materialise()
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, table[[0, 4, 2]][None].double())
+
+
+@pytest.mark.parametrize("vocab_size, kept", [(262, False), (5000, True)])
+def test_a_large_vocabulary_is_embedded_whole(vocab_size, kept):
+    """Chunks of 300 x 16 channels (4,800 values): 262 byte embeddings (4,192 weights) are embedded
+    chunk by chunk; 5,000 token embeddings (80,000 weights, a dense gradient per chunk) are embedded
+    whole, once. Both give the outputs and gradients of attention without chunks."""
+    config = presets.byte_classifier(num_classes=3, max_seq_len=640, dim=16, num_latents=8, latent_dim=32,
+                                     num_layers=1, num_heads=2)
+    config.input = TokenInputAdapter.Config(vocab_size, 16, 640)
+    ids = torch.randint(0, vocab_size, (1, 640), generator=torch.Generator().manual_seed(0))
+    results = []
+    for chunk_size in (None, 300):
+        config.encoder.cross_chunk_size = chunk_size
+        torch.manual_seed(0)
+        model = PerceiverIO(config).double()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved = []
+
+        def pack(t, params=params, saved=saved):
+            if t.is_floating_point() and t.untyped_storage().data_ptr() not in params:
+                saved.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(ids).logits
+        logits.sum().backward()
+        results.append((logits, model.input_adapter.embedding.weight.grad, saved))
+    (ref, ref_grad, _), (out, grad, saved) = results
+    assert any(shape[-2:] == (640, 16) for shape in saved) == kept, saved
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-11)

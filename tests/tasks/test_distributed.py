@@ -22,7 +22,7 @@ def train_losses(directory):
 
 @pytest.fixture
 def data(tmp_path):
-    texts = ["spam spam eggs", "ham and cheese", "eggs spam", "cheese ham", "spam", "ham"] * 8
+    texts = [" ".join([t] * 40) for t in ("spam spam eggs", "ham and cheese", "eggs spam", "cheese ham")] * 12
     table = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(48)]})
     datasets.DatasetDict(train=table, validation=table.select(range(16))).save_to_disk(str(tmp_path / "data"))
     return tmp_path / "data"
@@ -30,10 +30,10 @@ def data(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_in_one(tmp_path, data, strategy):
-    def args(out, *more):  # chunks of 4 bytes: the input streams, embedded chunk by chunk, sharded
+    def args(out, *more):  # 512 bytes (truncated) in chunks of 300: embedded chunk by chunk, sharded
         return ["train", "classify", "--data", str(data), "--preset", "tiny", "--output-dir", str(out),
                 "--quiet", "--max-steps", "6", "--strategy", strategy, "train.batch_size=16",
-                "model.cross_chunk_size=4", "train.log_every=1", "train.eval_every=3", "train.save_every=3",
+                "model.cross_chunk_size=300", "train.log_every=1", "train.eval_every=3", "train.save_every=3",
                 "train.num_workers=0", *more]
 
     def torchrun(*arguments):
