@@ -7,6 +7,9 @@
     query provider  x, query_index    -> queries [B, O, Cq]  (or a dict per modality)
     decoder         queries, latents  -> y [B, O, Cq]
     output adapter  y                 -> logits
+
+A token adapter hands the encoder ``x`` as a ``ChunkedInput`` (ids and positions, embedded by the
+streamed cross-attention a chunk at a time; computed whole where the encoder does not stream).
 """
 
 from __future__ import annotations

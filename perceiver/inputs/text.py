@@ -40,12 +40,12 @@ class NestingDepth(nn.Module):
     (``[MAX2[MIN34]]`` -> 1 1 1 1 1 2 2 2 2 2 2 2 1: a closing token belongs to the list it closes;
     an unmatched closing is at depth 0 and changes nothing), as the rows of an embedding
     (``embedding``, which the adapter adds; depths from ``max_depth - 1`` on share the last row)
-    and, with ``slopes`` (one per head of
-    the encoder's cross-attention), as a key bias ``[B, H, L] = -slope_h * depth``: ALiBi's fixed
-    per-head slopes over the depth instead of the distance. A head with slope s weighs a token at
-    depth d by e^(-s d): with slopes (0, 1, 2, 4) one head reads the whole input and the others
-    ever more of the outer levels, from the first step (an attention that starts uniform over
-    thousands of tokens finds the few at depth 1 too slowly to learn ListOps; docs/listops.md)."""
+    and, with ``slopes`` (one per head of the encoder's cross-attention), as a key bias
+    ``[B, H, L] = -slope_h * depth``: ALiBi's fixed per-head slopes over the depth instead of the
+    distance. A head with slope s weighs a token at depth d by e^(-s d): with slopes (0, 1, 2, 4)
+    one head reads the whole input and the others ever more of the outer levels, from the first
+    step (an attention that starts uniform over thousands of tokens finds the few at depth 1 too
+    slowly to learn ListOps; docs/listops.md)."""
 
     def __init__(self, dim: int, open_id: int, close_id: int, slopes: tuple[float, ...] = (),
                  max_depth: int = 16):
