@@ -122,7 +122,7 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, num_positions: int, dim: int, init_std: float = 0.02):
         super().__init__()
-        self.table = nn.Parameter(torch.randn(num_positions, dim) * init_std)
+        self.table = nn.Parameter(torch.randn(num_positions, dim).mul_(init_std))  # one table, not two
 
     def forward(self, index: Tensor | None = None) -> Tensor:
         """The table, or its ``index`` rows (``[B, n, dim]`` for a 2-D per-example index)."""

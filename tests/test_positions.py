@@ -91,3 +91,13 @@ def test_bad_arguments():
         fourier_features((0, 4), 3)
     with pytest.raises(ValueError, match="query_index: expected values in"):
         LearnedPositions(4, 2)(torch.tensor([4]))
+
+
+def test_learned_table_is_drawn_as_before_in_place():
+    """Initialised in place (one [n, dim] allocation: a 16M x 256 table needs 17 GB, not 34), with
+    the very values of ``randn(n, dim) * init_std`` under the same seed (checkpoints and seeded runs
+    made before keep their starting points)."""
+    torch.manual_seed(3)
+    expected = torch.randn(7, 5) * 0.05
+    torch.manual_seed(3)
+    assert torch.equal(LearnedPositions(7, 5, init_std=0.05).table.detach(), expected)
