@@ -30,7 +30,7 @@ aten = torch.ops.aten
 KeyValues = Callable[[Tensor], tuple[Tensor, Tensor]]  # x chunk [B, c, C] -> k, v [B, H, c, D]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: its fields are tensors
 class ChunkedInput:
     """An input array ``x [B, M, C]`` held as the recipe that computes any chunk of it:
     ``x[:, a:b] == compute(*(t[:, a:b] for t in tensors))`` for ``tensors [B or 1, M, ...]``
