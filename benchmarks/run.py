@@ -72,8 +72,9 @@ def peer_env(impl: str) -> dict:
     return env
 
 
-def inputs(spec: dict, generator: torch.Generator):
-    """(model input, loss function of the output) for one step of ``spec``."""
+def inputs(spec: dict, generator: torch.Generator, device: str | torch.device = "cpu"):
+    """(model input, loss function of the output) for one step of ``spec``, drawn on the CPU by
+    ``generator`` (the same numbers on every device) and moved to ``device`` (byte configs only)."""
     import torch.nn.functional as F
 
     if spec["kind"] == "kinetics":  # 16 x 224 x 224 video, 30,720 audio samples, a label (masked)
@@ -82,11 +83,11 @@ def inputs(spec: dict, generator: torch.Generator):
     if spec["kind"] == "hip":
         signal = torch.randn(b, m, 1, generator=generator)
         return signal, lambda out: (out.float() - signal).square().mean()
-    ids = torch.randint(0, 262, (b, m), generator=generator)
+    ids = torch.randint(0, 262, (b, m), generator=generator).to(device)
     if spec["kind"] == "mlm":
-        targets = torch.randint(0, 262, (b, m), generator=generator)
+        targets = torch.randint(0, 262, (b, m), generator=generator).to(device)
         return ids, lambda out: F.cross_entropy(out.float().flatten(0, 1), targets.flatten())
-    labels = torch.randint(0, spec["classes"], (b,), generator=generator)
+    labels = torch.randint(0, spec["classes"], (b,), generator=generator).to(device)
     return ids, lambda out: F.cross_entropy(out.float(), labels)
 
 
