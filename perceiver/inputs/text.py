@@ -154,8 +154,8 @@ class TokenInputAdapter(nn.Module):
 
     def _embed(self, ids: Tensor, positions: Tensor, depth: Tensor | None = None) -> Tensor:
         """``ids [B, c]``, ``positions [1, c, dim]`` and depth levels ``[B, c]`` -> ``[B, c, dim]``."""
-        x = self.embedding(ids)
-        # in place and of x's rank: for one example the backward pass hands x's gradient to the
-        # positions as it is (a broadcast over the batch would copy it)
-        x += positions
+        # positions of x's rank: for one example the backward pass hands x's gradient to them as it
+        # is (a broadcast over the batch would copy it). Not in place: hooks on the embedding module
+        # (full backward hooks) return views that must not be modified
+        x = self.embedding(ids) + positions
         return x if depth is None else x + self.depth.embedding(depth)

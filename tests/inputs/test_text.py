@@ -30,6 +30,21 @@ def test_gradients_reach_embedding_and_positions(batch, length):
     torch.testing.assert_close(adapter.embedding.weight.grad, expected_embedding)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # the ids need no gradient
+def test_a_full_backward_hook_on_the_embedding():
+    """Hooks on the embedding module see its gradient; the positions are added out of place, as
+    hooks' views require (an in-place add raised a RuntimeError here)."""
+    adapter = TokenInputAdapter(TokenInputAdapter.Config(vocab_size=20, dim=8, max_seq_len=6)).double()
+    seen = []
+    adapter.embedding.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append(grad_out[0]))
+    ids = torch.tensor([[3, 4, 19, 0, 1, 2]])
+    upstream = torch.randn(1, 6, 8, dtype=torch.float64)
+    x, _ = adapter(ids)
+    (x * upstream).sum().backward()
+    torch.testing.assert_close(seen[0], upstream)
+    torch.testing.assert_close(adapter.positions.table.grad, upstream[0])
+
+
 @pytest.mark.parametrize("ids, message", [
     (torch.zeros(2, 7, dtype=torch.long), "inputs: expected at most max_seq_len=6 tokens, got 7"),
     (torch.zeros(2, 3), "inputs: expected an integer tensor, got torch.float32"),
