@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402
 from impls import BUILDERS  # noqa: E402
-from run import CONFIGS, inputs  # noqa: E402
+from run import CONFIGS, inputs, timed  # noqa: E402
 
 ROWS = {"A": ("ours",), "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf")}
 
@@ -44,22 +43,11 @@ def synchronised(device: torch.device, fn):
     return call
 
 
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_rate(device: torch.device, n: int = 8192) -> float:
     """The device's bf16 matmul rate, FLOP/s (CPU: 4096^3)."""
     n = n if device.type == "cuda" else 4096
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    return 2 * n**3 / median_seconds(synchronised(device, lambda: a @ b), 10)
+    return 2 * n**3 / statistics.median(timed(synchronised(device, lambda: a @ b), 10, warmup=3))
 
 
 def streamed_check(device: torch.device) -> float:
@@ -103,7 +91,7 @@ def measure(impl: str, config: str, device: torch.device, repeats: int, rate: fl
             bf16 = float(loss_of(run(x)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_seconds(synchronised(device, step), repeats)
+    seconds = statistics.median(timed(synchronised(device, step), repeats, warmup=3))
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     for layer in getattr(run, "streamed", []):  # counted whole
         layer.chunk_size = None

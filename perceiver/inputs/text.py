@@ -129,12 +129,12 @@ class TokenInputAdapter(nn.Module):
         if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
             raise ValueError(f"inputs: expected token ids in [0, {self.config.vocab_size}), got "
                              f"[{int(inputs.min())}, {int(inputs.max())}]")
-        tensors, params = [inputs.long(), self._positions(length)], [self.embedding.weight]
+        weight = self.embedding.weight
+        tensors, params = [inputs.long(), self._positions(length)], [weight]
         if self.depth is not None:
             depth, attention_mask = self.depth(inputs, attention_mask)
             tensors.append(depth)
             params.append(self.depth.embedding.weight)
-        weight = self.embedding.weight
         x = ChunkedInput(tuple(tensors), self._embed, tuple(params),
                          torch.Size((*inputs.shape, weight.shape[1])), weight.dtype)
         if self.running_sums is not None:
