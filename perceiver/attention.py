@@ -1,5 +1,6 @@
 """Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
-(attentions under bf16 autocast on CPU run as explicit matmuls in slices, which is faster there).
+(attentions under bf16 autocast on CPU run as explicit matmuls in slices, which is faster there:
+``perceiver.sliced_attention``).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
 from perceiver.streamed_attention import ChunkedInput, streamed_attention
 
 
@@ -56,65 +58,6 @@ def split_key_bias(attention_mask: Tensor, batch: int, heads: int, length: int) 
     if bool((dropped != ~keep[:, None]).any()):
         raise ValueError("attention_mask: expected -inf on the same keys in every head")
     return keep, attention_mask.masked_fill(dropped, 0.0)
-
-
-# Under bf16 autocast on CPU, PyTorch's flash kernel is no faster than in fp32. Attention there runs
-# instead as two bf16 matmuls and a softmax, over slices of the batch and heads of at most
-# EXPLICIT_BF16_SLICE_SCORES scores each (batch x heads x queries x keys), small enough to stay in
-# cache. Config A's bf16 step (benchmarks/run.py) took 0.78 s this way against 0.85 s with only
-# its self-attentions explicit and whole (medians of 14 alternated steps in one process); its
-# cross-attentions alone (256 x 2048 and 2048 x 256 scores per head, 8 heads, batch 4) took 77 and
-# 60 ms against the flash kernel's 104 and 94 ms. Attentions of more than EXPLICIT_BF16_MAX_SCORES
-# scores keep the fused kernel: explicit attention keeps its weights for the backward pass (6
-# bytes a score), where the fused kernel keeps none. fp32 keeps the fused kernel always: explicit
-# attention, whole or sliced, was slower there (enc 142 vs 125 ms, dec 124 vs 99 ms).
-EXPLICIT_BF16_SLICE_SCORES = 2**22
-EXPLICIT_BF16_MAX_SCORES = 2**24
-
-
-def explicit_pays(q: Tensor, k: Tensor) -> bool:
-    """Whether ``q [B, H, N, d]`` attending to ``k [B, H, M, d]`` runs faster as explicit matmuls."""
-    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return False
-    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
-        return False
-    return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BF16_MAX_SCORES
-
-
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                       dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Softmax attention as matmuls: ``q [B, H, N, d]``, ``k [B, H, M, d]``, ``v [B, H, M, dv]``
-    and ``mask`` (None, a bool keep-mask or an additive float mask, broadcast to ``[B, H, N, M]``)
-    -> (output ``[B, H, N, dv]``, weights ``[B, H, N, M]``)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask
-    weights = scores.softmax(dim=-1)
-    return torch.matmul(F.dropout(weights, dropout_p), v), weights
-
-
-def explicit_attention_in_slices(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                                 dropout_p: float = 0.0, max_scores: int | None = None) -> Tensor:
-    """``explicit_attention``'s output, computed over slices of the batch and heads of at most
-    ``max_scores`` scores each (default ``EXPLICIT_BF16_SLICE_SCORES``; one head of one example
-    where even that is more)."""
-    max_scores = EXPLICIT_BF16_SLICE_SCORES if max_scores is None else max_scores
-    batch, heads, pair = q.shape[0], q.shape[1], q.shape[2] * k.shape[2]
-    per_slice = max(1, max_scores // pair)  # (example, head) pairs in one slice
-    examples, head_step = max(1, per_slice // heads), min(heads, per_slice)
-
-    def attend(b: slice, h: slice) -> Tensor:
-        m = None if mask is None else mask[b, h if mask.shape[1] > 1 else slice(None)]
-        return explicit_attention(q[b, h], k[b, h], v[b, h], m, dropout_p)[0]
-
-    def cat(parts: list[Tensor], dim: int) -> Tensor:  # one part needs no copy
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-
-    rows = [cat([attend(slice(i, i + examples), slice(j, j + head_step))
-                 for j in range(0, heads, head_step)], 1) for i in range(0, batch, examples)]
-    return cat(rows, 0)
 
 
 class MultiHeadAttention(nn.Module):
@@ -183,7 +126,7 @@ class MultiHeadAttention(nn.Module):
             out, weights = explicit_attention(q, k, v, sdpa_mask, dropout_p)
             if empty is not None:
                 weights = weights.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
-        elif explicit_pays(q, k):
+        elif explicit_pays(q, k, sdpa_mask):
             out = explicit_attention_in_slices(q, k, v, sdpa_mask, dropout_p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)

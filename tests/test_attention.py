@@ -3,8 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perceiver import attention
-from perceiver.attention import MultiHeadAttention, explicit_attention_in_slices, explicit_pays
+from perceiver import sliced_attention
+from perceiver.attention import MultiHeadAttention
 from tests import reference
 
 WIDTHS = [  # q_dim, kv_dim, heads, qk_dim, v_dim, out_dim
@@ -77,47 +77,14 @@ def test_all_masked_rows_give_zeros_and_finite_gradients():
     assert float(weights[1].detach().abs().max()) == 0.0
 
 
-def test_explicit_bf16_path_is_taken_only_for_small_cpu_autocast_attentions(monkeypatch):
-    q, k = torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 32, 8)  # 4,096 scores
-    assert not explicit_pays(q, k)  # fp32: the fused kernel
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert explicit_pays(q, k)
-        monkeypatch.setattr(attention, "EXPLICIT_BF16_MAX_SCORES", 4095)
-        assert not explicit_pays(q, k)
-
-
-# (example, head) pairs of 6 x 40 scores: whole, two examples, one example, two heads, one head
-@pytest.mark.parametrize("pairs", [12, 2 * 4, 4, 2, 1, 0])
-@pytest.mark.parametrize("mask_kind", [None, "keep", "bias", "bias-shared"])
-def test_explicit_attention_in_slices_matches_float64_sdpa(pairs, mask_kind):
-    """Slices over the batch and heads (0: a limit below one head's scores) give SDPA's outputs
-    and gradients, with every kind of mask the module passes."""
-    torch.manual_seed(pairs)
-    batch, heads, n, m = 3, 4, 6, 40
-    q, k, v = (torch.randn(batch, heads, length, 8, dtype=torch.float64, requires_grad=True)
-               for length in (n, m, m))
-    keep = torch.rand(batch, 1, 1, m) > 0.3
-    keep[:, ..., 0] = True
-    bias = -3 * torch.rand(batch, heads if mask_kind == "bias" else 1, 1, m, dtype=torch.float64)
-    mask = {None: None, "keep": keep, "bias": bias.masked_fill(~keep, float("-inf")),
-            "bias-shared": bias.masked_fill(~keep, float("-inf"))}[mask_kind]
-    got = explicit_attention_in_slices(q, k, v, mask, max_scores=pairs * n * m)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(got, expected)
-    weights = torch.randn_like(expected)
-    for g, e in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)),
-                    torch.autograd.grad((expected * weights).sum(), (q, k, v)), strict=True):
-        torch.testing.assert_close(g, e)
-
-
 @pytest.mark.parametrize("path", ["explicit", "explicit-per-head", "fused"])
 def test_bf16_autocast_matches_float64_reference(monkeypatch, path):
     """Every bf16 path (explicit matmuls, whole or one head at a time; the fused kernel for large
     attentions), with a padded and an empty example: outputs and input gradients against float64."""
     if path == "fused":
-        monkeypatch.setattr(attention, "EXPLICIT_BF16_MAX_SCORES", 0)
+        monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_MAX_SCORES", 0)
     if path == "explicit-per-head":
-        monkeypatch.setattr(attention, "EXPLICIT_BF16_SLICE_SCORES", 6 * 40)
+        monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_SLICE_SCORES", 6 * 40)
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 24, 4, 32, 16).eval()
     x_q, x_kv = torch.randn(3, 6, 32, requires_grad=True), torch.randn(3, 40, 24, requires_grad=True)

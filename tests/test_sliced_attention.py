@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from perceiver import sliced_attention
+from perceiver.attention import MultiHeadAttention
+from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
+
+
+def test_explicit_bf16_path_is_taken_only_for_small_cpu_autocast_attentions(monkeypatch):
+    q, k = torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 32, 8)  # 4,096 scores
+    assert not explicit_pays(q, k)  # fp32: the fused kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert explicit_pays(q, k)
+        monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_MAX_SCORES", 4095)
+        assert not explicit_pays(q, k)
+
+
+# (example, head) pairs of 6 x 40 scores: whole, two examples, one example, two heads, one head
+@pytest.mark.parametrize("pairs", [12, 2 * 4, 4, 2, 1, 0])
+@pytest.mark.parametrize("mask_kind", [None, "keep", "bias", "bias-shared"])
+def test_explicit_attention_in_slices_matches_float64_sdpa(pairs, mask_kind):
+    """Slices over the batch and heads (0: a limit below one head's scores) give SDPA's outputs
+    and gradients, with every kind of mask the module passes."""
+    torch.manual_seed(pairs)
+    batch, heads, n, m = 3, 4, 6, 40
+    q, k, v = (torch.randn(batch, heads, length, 8, dtype=torch.float64, requires_grad=True)
+               for length in (n, m, m))
+    keep = torch.rand(batch, 1, 1, m) > 0.3
+    keep[:, ..., 0] = True
+    bias = -3 * torch.rand(batch, heads if mask_kind == "bias" else 1, 1, m, dtype=torch.float64)
+    mask = {None: None, "keep": keep, "bias": bias.masked_fill(~keep, float("-inf")),
+            "bias-shared": bias.masked_fill(~keep, float("-inf"))}[mask_kind]
+    got = explicit_attention_in_slices(q, k, v, mask, max_scores=pairs * n * m)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(expected)
+    for g, e in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)),
+                    torch.autograd.grad((expected * weights).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_dropout_gradients_are_exact():
+    """With attention dropout (the same draw on every call), the hand-written backward pass
+    agrees with finite differences in float64, over several slices."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, length, 4, dtype=torch.float64, requires_grad=True) for length in (3, 5, 5))
+
+    def attend(q, k, v):
+        torch.manual_seed(1)
+        return explicit_attention_in_slices(q, k, v, None, dropout_p=0.4, max_scores=15)
+
+    with torch.no_grad():  # it drops
+        assert float((attend(q, k, v) - explicit_attention(q, k, v, None)[0]).abs().max()) > 1e-3
+    assert torch.autograd.gradcheck(attend, (q, k, v))
+
+
+def test_dropout_keeps_the_expected_weights():
+    """Over many draws, dropout keeps each weight with probability 1 - p and scales by 1 / (1 - p):
+    the mean output is the output without dropout."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, length, 4, dtype=torch.float64) for length in (3, 6, 6))
+    draws = torch.stack([explicit_attention_in_slices(q, k, v, None, dropout_p=0.25) for _ in range(4000)])
+    expected = explicit_attention(q, k, v, None)[0]
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.05, rtol=0)
+
+
+def test_bf16_matches_autograd_over_the_same_matmuls():
+    """In bf16 (the path's use), outputs and gradients agree with autograd through the same
+    matmuls, for queries shared by the batch (expanded, as the model passes them) and a keep-mask."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 32, 64, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(3, 4, 48, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    mask = torch.rand(3, 1, 1, 48) > 0.2
+    weights = torch.randn(3, 4, 32, 64, dtype=torch.bfloat16)
+    got = explicit_attention_in_slices(q.expand(3, -1, -1, -1), k, v, mask, max_scores=2 * 32 * 48)
+    expected = explicit_attention(q.expand(3, -1, -1, -1), k, v, mask)[0]
+    torch.testing.assert_close(got, expected, atol=1e-2, rtol=1e-2)
+    for g, e in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)),
+                    torch.autograd.grad((expected * weights).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(g, e, atol=2e-2 * float(e.abs().max()), rtol=0)
+
+
+def test_a_key_bias_that_needs_a_gradient_keeps_the_fused_kernel():
+    """The sliced path gives a mask no gradient, so a trainable bias goes to SDPA (and gets one);
+    called directly, the sliced path refuses it."""
+    q, k = torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 6, 8)
+    bias = torch.zeros(1, 2, 1, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert explicit_pays(q, k, bias.detach())
+        assert not explicit_pays(q, k, bias)
+    with pytest.raises(ValueError, match="attention_mask"):
+        explicit_attention_in_slices(q, k, k, bias)
+    mha = MultiHeadAttention(8, 8, 2)
+    x = torch.randn(1, 6, 8)
+    slopes = torch.ones(1, 2, 1, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mha(x, x, -slopes * torch.arange(6.0))
+    (grad,) = torch.autograd.grad(out.float().sum(), slopes)
+    assert float(grad.abs().sum()) > 0
