@@ -67,7 +67,7 @@ def explicit_attention_in_slices(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     """``explicit_attention``'s output ``[B, H, N, dv]``, computed over slices of the batch and heads
     of at most ``max_scores`` scores each (default ``EXPLICIT_BF16_SLICE_SCORES``; one head of one
     example where even that is more). ``mask`` gets no gradient (``explicit_pays`` sends a mask
-    that needs one elsewhere)."""
+    that needs one elsewhere), and the backward pass cannot itself be differentiated."""
     if mask is not None and mask.requires_grad:
         raise ValueError("attention_mask: the sliced explicit path gives a key bias no gradient; "
                          "got one that requires it")
