@@ -113,9 +113,10 @@ class _SlicedAttention(torch.autograd.Function):
         out = _heads_last(q, v.shape[-1], torch.promote_types(q.dtype, v.dtype))
         slices, saved, dropout_masks = _slices(batch, heads, n * m, max_scores), [], []
         for b, h in slices:
-            scores = torch.bmm(_rows(q_scaled[b, h]), _rows(k[b, h]).transpose(1, 2))
+            queries = q_scaled[b, h]  # [examples, heads, n, d]
+            scores = torch.bmm(_rows(queries), _rows(k[b, h]).transpose(1, 2))
             if mask is not None:
-                grid = scores.view(-1, q_scaled[b, h].shape[1], n, m)
+                grid = scores.view(-1, queries.shape[1], n, m)
                 part = mask[b, h if mask.shape[1] > 1 else slice(None)]
                 if part.dtype == torch.bool:
                     grid.masked_fill_(~part, float("-inf"))
