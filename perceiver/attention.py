@@ -1,6 +1,6 @@
 """Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
-(attentions under bf16 autocast on CPU run as explicit matmuls in slices, which is faster there:
-``perceiver.sliced_attention``).
+(on CPU, attentions under bf16 autocast and those whose values are not as wide as their keys run
+as explicit matmuls in slices, which is faster there: ``perceiver.sliced_attention``).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -126,7 +126,7 @@ class MultiHeadAttention(nn.Module):
             out, weights = explicit_attention(q, k, v, sdpa_mask, dropout_p)
             if empty is not None:
                 weights = weights.masked_fill(rearrange(empty, "b -> b 1 1 1"), 0.0)
-        elif explicit_pays(q, k, sdpa_mask):
+        elif explicit_pays(q, k, v, sdpa_mask):
             out = explicit_attention_in_slices(q, k, v, sdpa_mask, dropout_p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout_p)

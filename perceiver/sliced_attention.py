@@ -1,6 +1,7 @@
 """Softmax attention as explicit matmuls over slices of the batch and heads, with a hand-written
-backward pass: the path ``MultiHeadAttention`` takes under bf16 autocast on CPU, where PyTorch's
-flash kernel is no faster than in fp32.
+backward pass: the path ``MultiHeadAttention`` takes on CPU under bf16 autocast, where PyTorch's
+flash kernel is no faster than in fp32, and for values of another head width than the keys (the
+language perceiver's 32 / 160), which that kernel does not take at all.
 
 Each slice (a few examples, or a few heads of one example) holds at most ``max_scores`` scores,
 small enough to stay in cache: ``S = (q * scale) @ k^T``, the mask, ``P = softmax(S)``,
@@ -34,16 +35,24 @@ from torch.autograd.function import once_differentiable
 # attentions keep the fused kernel: explicit attention keeps its weights for the backward pass (2
 # bytes a score), where the fused kernel keeps none. fp32 keeps the fused kernel always: explicit
 # attention, whole or sliced, was no faster there (enc 107-114 vs 108-110 ms, dec 104-128 vs 97 ms).
+# Where values are wider or narrower than keys, SDPA's CPU fallback is whole matmuls through
+# autograd: the slices took the language perceiver's fp32 step from 4.24-4.58 s to 4.20-4.40 s,
+# no-grad from 1.38-1.51 s to 1.39-1.46 s, and its peak RSS from 3.29-3.46 GB to 3.16-3.19 GB
+# (bench workers alternated with the previous commit).
 EXPLICIT_BF16_SLICE_SCORES = 2**22
 EXPLICIT_BF16_MAX_SCORES = 2**24
 
 
-def explicit_pays(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:
-    """Whether ``q [B, H, N, d]`` attending to ``k [B, H, M, d]`` runs faster as sliced matmuls
-    (a float ``mask`` that needs a gradient keeps the fused kernel, which gives it one)."""
-    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+def explicit_pays(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> bool:
+    """Whether ``q [B, H, N, d]`` attending to ``k [B, H, M, d]`` and ``v [B, H, M, dv]`` runs
+    faster here than in SDPA: on CPU under bf16 autocast up to ``EXPLICIT_BF16_MAX_SCORES``, and
+    on CPU whenever ``dv != d``, where SDPA has no fused kernel and falls back to unsliced matmuls
+    through autograd (a float ``mask`` that needs a gradient stays with SDPA, which gives it one)."""
+    if q.device.type != "cpu" or (mask is not None and mask.requires_grad):
         return False
-    if torch.get_autocast_dtype("cpu") != torch.bfloat16 or (mask is not None and mask.requires_grad):
+    if v.shape[-1] != q.shape[-1]:
+        return True
+    if not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
         return False
     return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= EXPLICIT_BF16_MAX_SCORES
 
@@ -112,6 +121,7 @@ class _SlicedAttention(torch.autograd.Function):
         k, v = k.contiguous(), v.contiguous()
         out = _heads_last(q, v.shape[-1], torch.promote_types(q.dtype, v.dtype))
         slices, saved, dropout_masks = _slices(batch, heads, n * m, max_scores), [], []
+        backward = any(ctx.needs_input_grad[:3])  # else no slice's weights are kept
         for b, h in slices:
             queries = q_scaled[b, h]  # [examples, heads, n, d]
             scores = torch.bmm(_rows(queries), _rows(k[b, h]).transpose(1, 2))
@@ -123,10 +133,12 @@ class _SlicedAttention(torch.autograd.Function):
                 else:
                     grid.add_(part)
             weights = torch.softmax(scores, dim=-1)
-            saved.append(weights)
+            if backward:
+                saved.append(weights)
             if dropout_p > 0:  # the kept weights, scaled by 1 / (1 - p)
-                dropout_masks.append(torch.rand_like(weights, dtype=torch.float32) >= dropout_p)
-                weights = weights * dropout_masks[-1] * (1 / (1 - dropout_p))
+                kept = torch.rand_like(weights, dtype=torch.float32) >= dropout_p
+                dropout_masks += [kept] if backward else []
+                weights = weights * kept * (1 / (1 - dropout_p))
             _store(out, b, h, torch.bmm(weights, _rows(v[b, h])))
         ctx.slices, ctx.scale, ctx.dropout_p = slices, scale, dropout_p
         ctx.save_for_backward(q_scaled, k, v, *saved, *dropout_masks)

@@ -1,4 +1,5 @@
 import copy
+import weakref
 
 import pytest
 import torch
@@ -8,25 +9,31 @@ from perceiver.attention import MultiHeadAttention
 from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
 
 
-def test_explicit_bf16_path_is_taken_only_for_small_cpu_autocast_attentions(monkeypatch):
+def test_explicit_path_is_taken_for_small_bf16_attentions_and_for_unequal_head_widths(monkeypatch):
     q, k = torch.zeros(2, 4, 16, 8), torch.zeros(2, 4, 32, 8)  # 4,096 scores
-    assert not explicit_pays(q, k)  # fp32: the fused kernel
+    wide_v = torch.zeros(2, 4, 32, 12)
+    assert not explicit_pays(q, k, k)  # fp32, one head width: the fused kernel
+    assert explicit_pays(q, k, wide_v)  # SDPA has no fused CPU kernel for it
+    assert not explicit_pays(q, k, wide_v, torch.zeros(2, 4, 1, 32, requires_grad=True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert explicit_pays(q, k)
+        assert explicit_pays(q, k, k)
         monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_MAX_SCORES", 4095)
-        assert not explicit_pays(q, k)
+        assert not explicit_pays(q, k, k)
+        assert explicit_pays(q, k, wide_v)
 
 
 # (example, head) pairs of 6 x 40 scores: whole, two examples, one example, two heads, one head
 @pytest.mark.parametrize("pairs", [12, 2 * 4, 4, 2, 1, 0])
 @pytest.mark.parametrize("mask_kind", [None, "keep", "bias", "bias-shared"])
-def test_explicit_attention_in_slices_matches_float64_sdpa(pairs, mask_kind):
+@pytest.mark.parametrize("v_width", [8, 5])
+def test_explicit_attention_in_slices_matches_float64_sdpa(pairs, mask_kind, v_width):
     """Slices over the batch and heads (0: a limit below one head's scores) give SDPA's outputs
-    and gradients, with every kind of mask the module passes."""
+    and gradients, with every kind of mask the module passes, for values as wide as the keys or
+    not."""
     torch.manual_seed(pairs)
     batch, heads, n, m = 3, 4, 6, 40
-    q, k, v = (torch.randn(batch, heads, length, 8, dtype=torch.float64, requires_grad=True)
-               for length in (n, m, m))
+    q, k, v = (torch.randn(batch, heads, length, width, dtype=torch.float64, requires_grad=True)
+               for length, width in ((n, 8), (m, 8), (m, v_width)))
     keep = torch.rand(batch, 1, 1, m) > 0.3
     keep[:, ..., 0] = True
     bias = -3 * torch.rand(batch, heads if mask_kind == "bias" else 1, 1, m, dtype=torch.float64)
@@ -82,14 +89,40 @@ def test_bf16_matches_autograd_over_the_same_matmuls():
         torch.testing.assert_close(g, e, atol=2e-2 * float(e.abs().max()), rtol=0)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_slice_weights_are_kept_only_for_a_backward_pass(monkeypatch, grad):
+    """Without gradients each slice's weights are freed before the next slice's, so inference
+    holds one slice of weights at a time, not the whole attention; with gradients all are kept."""
+    softmax, weights = torch.softmax, []
+
+    def recording(x, dim):
+        out = softmax(x, dim)
+        weights.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(torch, "softmax", recording)
+    q, k, v = (torch.randn(2, 4, 6, 8, requires_grad=grad) for _ in range(3))
+    store, alive = sliced_attention._store, []
+
+    def counting_store(*args):  # after each slice: how many slices' weights are still held
+        store(*args)
+        alive.append(sum(ref() is not None for ref in weights))
+
+    monkeypatch.setattr(sliced_attention, "_store", counting_store)
+    with torch.set_grad_enabled(grad):
+        explicit_attention_in_slices(q, k, v, None, max_scores=6 * 6)  # 8 slices of one head
+    assert len(weights) == 8
+    assert alive == (list(range(1, 9)) if grad else [1] * 8)
+
+
 def test_a_key_bias_that_needs_a_gradient_keeps_the_fused_kernel():
     """The sliced path gives a mask no gradient, so a trainable bias goes to SDPA (and gets one);
     called directly, the sliced path refuses it."""
     q, k = torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 6, 8)
     bias = torch.zeros(1, 2, 1, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert explicit_pays(q, k, bias.detach())
-        assert not explicit_pays(q, k, bias)
+        assert explicit_pays(q, k, k, bias.detach())
+        assert not explicit_pays(q, k, k, bias)
     with pytest.raises(ValueError, match="attention_mask"):
         explicit_attention_in_slices(q, k, k, bias)
     mha = MultiHeadAttention(8, 8, 2)
