@@ -26,20 +26,21 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # Under bf16 autocast on CPU, attentions of at most EXPLICIT_BF16_MAX_SCORES scores (batch x heads x
-# queries x keys) run here, in slices of at most EXPLICIT_BF16_SLICE_SCORES. Config A's bf16 step
+# queries x keys) run here, in slices of at most SLICE_SCORES. Config A's bf16 step
 # (benchmarks/run.py) took 0.78 s with autograd over such slices against 0.85 s with only its
 # self-attentions explicit and whole; its cross-attentions alone (256 x 2048 and 2048 x 256 scores per
 # head, 8 heads, batch 4) took 77 and 60 ms against the flash kernel's 104 and 94 ms. The
 # hand-written backward pass took the step from 0.730-0.739 s to 0.704-0.727 s (bench workers
 # alternated), and slices of 2^20 or 2^21 scores measure the same as 2^22. Larger
 # attentions keep the fused kernel: explicit attention keeps its weights for the backward pass (2
-# bytes a score), where the fused kernel keeps none. fp32 keeps the fused kernel always: explicit
-# attention, whole or sliced, was no faster there (enc 107-114 vs 108-110 ms, dec 104-128 vs 97 ms).
-# Where values are wider or narrower than keys, SDPA's CPU fallback is whole matmuls through
-# autograd: the slices took the language perceiver's fp32 step from 4.24-4.58 s to 4.20-4.40 s,
+# bytes a score), where the fused kernel keeps none. fp32 keeps the fused kernel where it has one:
+# explicit attention, whole or sliced, was no faster there (enc 107-114 vs 108-110 ms, dec 104-128
+# vs 97 ms). Where values are wider or narrower than keys, the kernel does not apply and SDPA falls
+# back to whole matmuls through autograd, so such attentions run here at any size and dtype, in
+# the same slices: the language perceiver's fp32 step went from 4.24-4.58 s to 4.20-4.40 s,
 # no-grad from 1.38-1.51 s to 1.39-1.46 s, and its peak RSS from 3.29-3.46 GB to 3.16-3.19 GB
 # (bench workers alternated with the previous commit).
-EXPLICIT_BF16_SLICE_SCORES = 2**22
+SLICE_SCORES = 2**22
 EXPLICIT_BF16_MAX_SCORES = 2**24
 
 
@@ -74,13 +75,13 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
 def explicit_attention_in_slices(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                                  dropout_p: float = 0.0, max_scores: int | None = None) -> Tensor:
     """``explicit_attention``'s output ``[B, H, N, dv]``, computed over slices of the batch and heads
-    of at most ``max_scores`` scores each (default ``EXPLICIT_BF16_SLICE_SCORES``; one head of one
+    of at most ``max_scores`` scores each (default ``SLICE_SCORES``; one head of one
     example where even that is more). ``mask`` gets no gradient (``explicit_pays`` sends a mask
     that needs one elsewhere), and the backward pass cannot itself be differentiated."""
     if mask is not None and mask.requires_grad:
         raise ValueError("attention_mask: the sliced explicit path gives a key bias no gradient; "
                          "got one that requires it")
-    max_scores = EXPLICIT_BF16_SLICE_SCORES if max_scores is None else max_scores
+    max_scores = SLICE_SCORES if max_scores is None else max_scores
     return _SlicedAttention.apply(q, k, v, mask, dropout_p, max_scores)
 
 
@@ -137,7 +138,8 @@ class _SlicedAttention(torch.autograd.Function):
                 saved.append(weights)
             if dropout_p > 0:  # the kept weights, scaled by 1 / (1 - p)
                 kept = torch.rand_like(weights, dtype=torch.float32) >= dropout_p
-                dropout_masks += [kept] if backward else []
+                if backward:
+                    dropout_masks.append(kept)
                 weights = weights * kept * (1 / (1 - dropout_p))
             _store(out, b, h, torch.bmm(weights, _rows(v[b, h])))
         ctx.slices, ctx.scale, ctx.dropout_p = slices, scale, dropout_p

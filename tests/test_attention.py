@@ -84,9 +84,17 @@ def test_bf16_autocast_matches_float64_reference(monkeypatch, path):
     if path == "fused":
         monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_MAX_SCORES", 0)
     if path == "explicit-per-head":
-        monkeypatch.setattr(sliced_attention, "EXPLICIT_BF16_SLICE_SCORES", 6 * 40)
+        monkeypatch.setattr(sliced_attention, "SLICE_SCORES", 6 * 40)
+    sdpa, fused_calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def counting_sdpa(*args, **kwargs):
+        fused_calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
     torch.manual_seed(0)
-    mha = MultiHeadAttention(32, 24, 4, 32, 16).eval()
+    # values as wide as the keys (8 a head), since wider or narrower ones never take the fused kernel
+    mha = MultiHeadAttention(32, 24, 4, 32, 32).eval()
     x_q, x_kv = torch.randn(3, 6, 32, requires_grad=True), torch.randn(3, 40, 24, requires_grad=True)
     mask = torch.ones(3, 40, dtype=torch.bool)
     mask[1, 25:] = False
@@ -95,6 +103,7 @@ def test_bf16_autocast_matches_float64_reference(monkeypatch, path):
     (expected_q, expected_kv) = torch.autograd.grad(expected.sum(), (x_q, x_kv))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = mha(x_q, x_kv, mask)
+    assert len(fused_calls) == (1 if path == "fused" else 0)
     got_q, got_kv = torch.autograd.grad(got.float().sum(), (x_q, x_kv))
     scale = float(expected.detach().abs().max())
     torch.testing.assert_close(got.double(), expected, atol=2e-2 * scale, rtol=0)
