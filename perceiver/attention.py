@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver.padded_input import PaddedInput
 from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
 from perceiver.streamed_attention import ChunkedInput, streamed_attention
 
@@ -114,9 +115,23 @@ class MultiHeadAttention(nn.Module):
         Returns ``[B, N, out_dim]``, and with ``return_weights`` also the attention weights
         ``[B, heads, N, M]`` (computed explicitly: use it for inspection, not for speed).
         """
-        mask, empty, bias = self._mask(attention_mask, x_kv)
-        q = self._queries(x_q, x_kv)
-        k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
+        return self._attend(x_q, self.k_proj(x_kv), self.v_proj(x_kv), attention_mask, return_weights)
+
+    def forward_padded(self, x_q: Tensor, x_kv: PaddedInput, kv_norm: nn.LayerNorm,
+                       attention_mask: Tensor | None = None) -> Tensor:
+        """``forward(x_q, kv_norm(x_kv.materialise()), attention_mask)`` with the keys and values
+        projected from the row groups of ``x_kv`` (``perceiver.padded_input``): the padded rows
+        are never built, and data features get no gradient through the projections."""
+        k, v = x_kv.normalised_projections(kv_norm, self.k_proj, self.v_proj)
+        return self._attend(x_q, k, v, attention_mask)
+
+    def _attend(self, x_q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Attention from ``x_q`` to the projected keys ``k [B, M, qk_dim]`` and values
+        ``v [B, M, v_dim]``."""
+        mask, empty, bias = self._mask(attention_mask, k)
+        q = self._queries(x_q, k)
+        k, v = self._heads(k), self._heads(v)
         sdpa_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
         if bias is not None:  # one additive mask: the bias, -inf on dropped keys
             sdpa_mask = rearrange(bias, "b h m -> b h 1 m").to(q.dtype).masked_fill(~sdpa_mask, float("-inf"))

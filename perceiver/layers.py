@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.attention import MultiHeadAttention
+from perceiver.padded_input import PaddedInput
 from perceiver.streamed_attention import ChunkedInput
 
 
@@ -66,7 +67,7 @@ class CrossAttentionLayer(nn.Module):
     key/value array longer than that is normalised, projected and attended to in chunks
     (``MultiHeadAttention.forward_streamed``): the same output in memory O(chunk) instead of O(M).
     The key/value array may be a ``ChunkedInput``, computed a chunk at a time when streamed
-    (computed whole otherwise).
+    (computed whole otherwise), or a ``PaddedInput``, projected group by group.
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class CrossAttentionLayer(nn.Module):
     def forward(
         self,
         x_q: Tensor,
-        x_kv: Tensor | ChunkedInput,
+        x_kv: Tensor | ChunkedInput | PaddedInput,
         attention_mask: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -108,8 +109,10 @@ class CrossAttentionLayer(nn.Module):
         q = self.q_norm(x_q[:1] if shared else x_q)
         if self.streams(x_kv.shape[1]) and not return_weights:
             attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
+        elif isinstance(x_kv, PaddedInput) and not return_weights:
+            attended = self.attention.forward_padded(q, x_kv, self.kv_norm, attention_mask)
         else:
-            if isinstance(x_kv, ChunkedInput):
+            if isinstance(x_kv, (ChunkedInput, PaddedInput)):
                 x_kv = x_kv.materialise()
             attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)

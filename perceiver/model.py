@@ -27,6 +27,7 @@ from perceiver.config import build, register
 from perceiver.inputs import MultimodalAdapter
 from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation
 from perceiver.outputs import build_output
+from perceiver.padded_input import PaddedInput
 from perceiver.streamed_attention import ChunkedInput
 
 
@@ -139,11 +140,14 @@ class PerceiverEncoder(nn.Module):
             return checkpoint(layer, z, x, attention_mask, use_reentrant=False)
         return layer(z, x, attention_mask)
 
-    def forward(self, x: Tensor | ChunkedInput, attention_mask: Tensor | None = None, return_weights=False):
+    def forward(self, x: Tensor | ChunkedInput | PaddedInput, attention_mask: Tensor | None = None,
+                return_weights=False):
+        layer = self.cross_attention
         if isinstance(x, ChunkedInput):  # computed whole, once, unless streamed in chunks that pay
-            layer = self.cross_attention
             if return_weights or not layer.streams(x.shape[1]) or not x.pays_in_chunks(layer.chunk_size):
                 x = x.materialise()
+        elif isinstance(x, PaddedInput) and (return_weights or layer.streams(x.shape[1])):
+            x = x.materialise()
         weights = {"self": []} if return_weights else None
         z = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
         z = self._cross(self.cross_attention, z, x, attention_mask, weights)
@@ -184,11 +188,12 @@ class PerceiverDecoder(nn.Module):
         return torch.cat([self.cross_attention(q, latents) for q in chunks], dim=1)
 
 
-def _adapt(adapter: nn.Module, inputs, attention_mask):
-    """The adapter's ``(x, attention_mask)``, with ``x`` as a ``ChunkedInput`` where the adapter
-    offers one (``chunked``; the encoder computes it whole unless it streams it)."""
-    chunked = getattr(adapter, "chunked", None)
-    return (adapter if chunked is None else chunked)(inputs, attention_mask)
+def _adapt(adapter: nn.Module, inputs, attention_mask, **kwargs):
+    """The adapter's ``(x, attention_mask)``, with ``x`` as a ``ChunkedInput`` or a ``PaddedInput``
+    where the adapter offers one (``chunked``, ``padded``; the encoder computes it whole where it
+    cannot use it)."""
+    recipe = getattr(adapter, "chunked", None) or getattr(adapter, "padded", None)
+    return (adapter if recipe is None else recipe)(inputs, attention_mask, **kwargs)
 
 
 @register("perceiver_io")
@@ -228,13 +233,14 @@ class PerceiverIO(PretrainedMixin, nn.Module):
                 modality_mask=None, return_attention: bool = False) -> PerceiverOutput:
         if modality_mask is None:
             x, attention_mask = _adapt(self.input_adapter, inputs, attention_mask)
-            if isinstance(x, ChunkedInput) and getattr(self.queries, "reads_inputs", False):
-                x = x.materialise()
         elif isinstance(self.input_adapter, MultimodalAdapter):
-            x, attention_mask = self.input_adapter(inputs, attention_mask, modality_mask=modality_mask)
+            x, attention_mask = _adapt(self.input_adapter, inputs, attention_mask,
+                                       modality_mask=modality_mask)
         else:
             raise ValueError(f"modality_mask: expected a model with a multimodal input adapter, got "
                              f"{type(self.input_adapter).__name__}")
+        if not isinstance(x, Tensor) and getattr(self.queries, "reads_inputs", False):
+            x = x.materialise()
         x = x.to(self.encoder.latents.dtype)  # float16 / float64 inputs meet float32 weights
         if return_attention:
             latents, attentions = self.encoder(x, attention_mask, return_weights=True)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from perceiver.config import build, register
 from perceiver.inputs.base import check_size
+from perceiver.padded_input import PaddedInput
 
 
 @register("multimodal")
@@ -60,7 +61,20 @@ class MultimodalAdapter(nn.Module):
         inputs: dict[str, Tensor],
         attention_mask: Tensor | None = None,
         modality_mask: dict[str, Tensor] | None = None,
-    ):
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x [B, sum_i M_i, C]`` and the attention mask, checked against it."""
+        x, attention_mask = self.padded(inputs, attention_mask, modality_mask)
+        return x.materialise(), attention_mask
+
+    def padded(
+        self,
+        inputs: dict[str, Tensor],
+        attention_mask: Tensor | None = None,
+        modality_mask: dict[str, Tensor] | None = None,
+    ) -> tuple[PaddedInput, Tensor | None]:
+        """``forward``, with ``x`` as a ``PaddedInput``: per modality its features and the learned
+        vector that pads them (its mask token alone where every element is masked; the padded rows
+        where only some are), which the encoder projects without building the padded rows."""
         if not isinstance(inputs, dict):
             raise ValueError(f"inputs: expected a dict of {self.names}, got {type(inputs).__name__}")
         modality_mask = dict(modality_mask or {})
@@ -72,31 +86,50 @@ class MultimodalAdapter(nn.Module):
         if not present:
             raise ValueError(f"inputs: expected at least one of {self.names}, got none")
         batch = present[0].shape[0]
-        parts = []
+        dtype = present[0].dtype if present[0].dtype.is_floating_point else None
+        groups = []
         for name in self.names:
-            adapter = self.adapters[name]
+            adapter, token = self.adapters[name], self.mask_tokens[name]
             if name in inputs:
                 x, _ = adapter(inputs[name])
                 check_size(f"inputs[{name!r}]", x.shape[:1], (batch,), "batch size")
-                pad = self.padding[name].to(x.dtype).expand(*x.shape[:2], -1)
-                x = torch.cat([x, pad], dim=-1)
+                group = (x, self.padding[name].to(x.dtype))
             else:
                 length = getattr(adapter, "num_positions", None)
                 if length is None:
                     raise ValueError(f"inputs: modality {name!r} is missing and its length is not fixed")
-                x = self.mask_tokens[name].expand(batch, length, -1)
-                if present[0].dtype.is_floating_point:
-                    x = x.to(present[0].dtype)
+                group = _masked(token, batch, length, dtype)
             if name in modality_mask:
                 masked = modality_mask[name]
                 check_size(f"modality_mask[{name!r}]", masked.shape, (batch,), "shape")
-                x = torch.where(masked.bool()[:, None, None], self.mask_tokens[name].to(x.dtype), x)
+                x = _rows(group)
+                group = _whole(torch.where(masked.bool()[:, None, None], token.to(x.dtype), x))
             p = self.config.mask_probs.get(name, 0.0)
             if p > 0:
+                x = _rows(group)
                 masked = torch.rand(x.shape[:2], device=x.device) < p
-                x = torch.where(masked[..., None], self.mask_tokens[name].to(x.dtype), x)
-            parts.append(x)
-        x = torch.cat(parts, dim=1)
+                if p >= 1.0:  # every element: the mask token alone
+                    group = _masked(token, batch, x.shape[1], x.dtype)
+                else:
+                    group = _whole(torch.where(masked[..., None], token.to(x.dtype), x))
+            groups.append(group)
+        x = PaddedInput(tuple(groups))
         if attention_mask is not None:
             check_size("attention_mask", attention_mask.shape, x.shape[:2], "shape [B, M]")
         return x, attention_mask
+
+
+def _rows(group: tuple[Tensor, Tensor]) -> Tensor:
+    """A ``PaddedInput`` group's padded rows ``[B, M_i, C]``."""
+    return PaddedInput((group,)).materialise()
+
+
+def _whole(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``[B, M_i, C]`` as a group with nothing shared."""
+    return x, x.new_zeros(0)
+
+
+def _masked(token: Tensor, batch: int, length: int, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """``length`` rows of the mask token alone, as a group."""
+    token = token if dtype is None else token.to(dtype)
+    return token.new_zeros(batch, length, 0), token
