@@ -107,12 +107,15 @@ class CrossAttentionLayer(nn.Module):
         # queries) are normalised and projected once, not once per example
         shared = x_q.shape[0] > 1 and x_q.stride(0) == 0
         q = self.q_norm(x_q[:1] if shared else x_q)
-        if self.streams(x_kv.shape[1]) and not return_weights:
+        streams = self.streams(x_kv.shape[1]) and not return_weights
+        if isinstance(x_kv, PaddedInput) and (streams or return_weights):
+            x_kv = x_kv.materialise()
+        if streams:
             attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
-        elif isinstance(x_kv, PaddedInput) and not return_weights:
+        elif isinstance(x_kv, PaddedInput):
             attended = self.attention.forward_padded(q, x_kv, self.kv_norm, attention_mask)
         else:
-            if isinstance(x_kv, (ChunkedInput, PaddedInput)):
+            if isinstance(x_kv, ChunkedInput):
                 x_kv = x_kv.materialise()
             attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)

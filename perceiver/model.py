@@ -147,7 +147,7 @@ class PerceiverEncoder(nn.Module):
             if return_weights or not layer.streams(x.shape[1]) or not x.pays_in_chunks(layer.chunk_size):
                 x = x.materialise()
         elif isinstance(x, PaddedInput) and (return_weights or layer.streams(x.shape[1])):
-            x = x.materialise()
+            x = x.materialise()  # once for every block's cross-attention
         weights = {"self": []} if return_weights else None
         z = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
         z = self._cross(self.cross_attention, z, x, attention_mask, weights)

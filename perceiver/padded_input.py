@@ -60,30 +60,31 @@ class PaddedInput:
         if tuple(norm.normalized_shape) != (width,):
             raise ValueError(f"norm: expected a LayerNorm over {width} channels, "
                              f"got one over {tuple(norm.normalized_shape)}")
-        outputs = [[] for _ in projections]
-        for f, p in self.groups:
-            mu, rstd = _row_statistics(f, p, norm.eps)
-            mu0, split = mu.detach(), f.shape[-1]
-            # per-row factors [B, M_i, 3] times per-channel vectors [3, D]: the rank-three part
-            rows = torch.stack([-rstd * (mu - mu0), -rstd * mu, rstd], dim=-1)
-            for out, proj in zip(outputs, projections, strict=True):
-                weight = proj.weight if norm.weight is None else proj.weight * norm.weight
+        statistics = [_row_statistics(f, p, norm.eps) for f, p in self.groups]
+        outputs = []
+        for proj in projections:
+            weight = proj.weight if norm.weight is None else proj.weight * norm.weight
+            shift = proj.bias if norm.bias is None else proj.weight @ norm.bias + _or_zero(proj.bias)
+            parts = []
+            for (f, p), (mu, rstd, rows) in zip(self.groups, statistics, strict=True):
+                mu0, split = mu.detach(), f.shape[-1]
                 wf, wp = weight[:, :split], weight[:, split:]
-                shift = proj.bias if norm.bias is None else proj.weight @ norm.bias + _or_zero(proj.bias)
                 channels = torch.stack([wf.sum(dim=1), wp.sum(dim=1), wp @ p.to(wp.dtype)])
                 y = torch.matmul(rows, channels.to(rows.dtype)) + _or_zero(shift)
                 if split:  # rstd * (f - mu0) @ wf^T: f centred on a detached mean stays constant
                     centred = F.linear(f - mu0[..., None].to(f.dtype), wf)
                     y = torch.addcmul(y, rstd[..., None], centred)
-                out.append(y)
+                parts.append(y)
+            outputs.append(parts)
         kind = self.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.dtype
         return [torch.cat(parts, dim=1).to(dtype) for parts in outputs]
 
 
-def _row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and ``1 / sqrt(var + eps)`` ``[B, M_i]`` of the rows ``[f | p]``, from each part's own
-    mean and sum of squared deviations (no cancellation between large means)."""
+    mean and sum of squared deviations (no cancellation between large means), and the rows'
+    factors ``[B, M_i, 3]`` of the rank-three part (the first is zero, for the mean's gradient)."""
     n_f, n_p = f.shape[-1], p.shape[0]
     dtype = torch.promote_types(f.dtype, torch.float32)  # statistics in at least float32
     f, p = f.to(dtype), p.to(dtype)
@@ -95,7 +96,10 @@ def _row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     sq_p = (p - mean_p).square().sum() if n_p else p.new_zeros(())
     mu = (n_f * mean_f + n_p * mean_p) / (n_f + n_p)
     var = (n_f * var_f + n_f * (mean_f - mu).square() + sq_p + n_p * (mean_p - mu).square()) / (n_f + n_p)
-    return mu, torch.rsqrt(var + eps)
+    rstd = torch.rsqrt(var + eps)
+    # per-row factors [B, M_i, 3] of the per-channel vectors [3, D]: the rank-three part
+    rows = torch.stack([-rstd * (mu - mu.detach()), -rstd * mu, rstd], dim=-1)
+    return mu, rstd, rows
 
 
 def _or_zero(x: Tensor | None) -> Tensor | float:

@@ -126,3 +126,14 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch):
             assert a is None
             continue
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_a_streaming_cross_attention_layer_takes_it_whole():
+    """A direct caller's streaming layer builds the padded rows and streams them."""
+    from perceiver.layers import CrossAttentionLayer
+
+    x, _, _ = groups(features_require_grad=False)
+    torch.manual_seed(1)
+    layer = CrossAttentionLayer(8, 12, chunk_size=4).double()
+    q = torch.randn(2, 3, 8, dtype=F64)
+    torch.testing.assert_close(layer(q, x), layer(q, x.materialise()), rtol=1e-12, atol=1e-12)
