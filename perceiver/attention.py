@@ -1,6 +1,8 @@
 """Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
 (on CPU, attentions under bf16 autocast and those whose values are not as wide as their keys run
-as explicit matmuls in slices, which is faster there: ``perceiver.sliced_attention``).
+as explicit matmuls in slices, which is faster there: ``perceiver.sliced_attention``; a
+cross-attention to a multimodal adapter's row groups may absorb its key and value projections
+into the queries: ``perceiver.absorbed_attention``).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver import absorbed_attention as absorbed
 from perceiver.padded_input import PaddedInput
 from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
 from perceiver.streamed_attention import ChunkedInput, streamed_attention
@@ -119,9 +122,20 @@ class MultiHeadAttention(nn.Module):
 
     def forward_padded(self, x_q: Tensor, x_kv: PaddedInput, kv_norm: nn.LayerNorm,
                        attention_mask: Tensor | None = None) -> Tensor:
-        """``forward(x_q, kv_norm(x_kv.materialise()), attention_mask)`` with the keys and values
-        projected from the row groups of ``x_kv`` (``perceiver.padded_input``): the padded rows
-        are never built, and data features get no gradient through the projections."""
+        """``forward(x_q, kv_norm(x_kv.materialise()), attention_mask)`` without the padded rows.
+        Where it takes fewer FLOPs (``absorbed_attention.absorbed_pays``) and there is no mask
+        and no attention dropout, the key and value projections are absorbed into the queries,
+        which attend to the normalised groups themselves (``perceiver.absorbed_attention``, in
+        float32 even under autocast, which on CPU is faster still; not under autocast elsewhere,
+        where bf16 flash kernels may be faster). Otherwise the keys and values are projected from
+        the groups (``PaddedInput.normalised_projections``)."""
+        device = x_q.device.type
+        if attention_mask is None and not (self.training and self.dropout > 0) \
+                and (device == "cpu" or not torch.is_autocast_enabled(device)) \
+                and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
+                                           self.v_proj.out_features):
+            q = self._heads(self.q_proj(x_q))
+            return self._output(absorbed.absorbed_attention(q, x_kv, kv_norm, self.k_proj, self.v_proj), None)
         k, v = x_kv.normalised_projections(kv_norm, self.k_proj, self.v_proj)
         return self._attend(x_q, k, v, attention_mask)
 

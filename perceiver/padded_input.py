@@ -60,7 +60,7 @@ class PaddedInput:
         if tuple(norm.normalized_shape) != (width,):
             raise ValueError(f"norm: expected a LayerNorm over {width} channels, "
                              f"got one over {tuple(norm.normalized_shape)}")
-        statistics = [_row_statistics(f, p, norm.eps) for f, p in self.groups]
+        statistics = [row_statistics(f, p, norm.eps) for f, p in self.groups]
         outputs = []
         for proj in projections:
             weight = proj.weight if norm.weight is None else proj.weight * norm.weight
@@ -81,7 +81,7 @@ class PaddedInput:
         return [torch.cat(parts, dim=1).to(dtype) for parts in outputs]
 
 
-def _row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and ``1 / sqrt(var + eps)`` ``[B, M_i]`` of the rows ``[f | p]``, from each part's own
     mean and sum of squared deviations (no cancellation between large means), and the rows'
     factors ``[B, M_i, 3]`` of the rank-three part (the first is zero, for the mean's gradient)."""

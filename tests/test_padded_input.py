@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import perceiver.model as model_module
-from perceiver import PerceiverIO
+from perceiver import PerceiverIO, absorbed_attention
 from perceiver.padded_input import PaddedInput
 from tests.inputs.test_multimodal import make
 
@@ -86,9 +86,10 @@ def test_the_adapters_groups_are_its_padded_rows(options, modality_mask):
         assert x.groups[2][0].shape[-1] == 0
 
 
-def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch):
-    """Logits and every gradient of a small multimodal autoencoder, projecting the groups and
-    projecting the padded rows (float64)."""
+@pytest.mark.parametrize("absorb", [True, False])
+def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
+    """Logits and every gradient of a small multimodal autoencoder, attending to the groups
+    (with the projections absorbed, or projecting the groups) and to the padded rows (float64)."""
     from perceiver.outputs import ClassificationOutput, LinearOutput, MultimodalOutput
     from perceiver.queries import FourierQueries, LearnedQueries, MultimodalQueries
 
@@ -107,6 +108,10 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch):
             "label": ClassificationOutput.Config(10),
         }, projection_dim=8),
     )
+    calls, absorbed = [], absorbed_attention.absorbed_attention
+    monkeypatch.setattr(absorbed_attention, "absorbed_attention", lambda *a: calls.append(1) or absorbed(*a))
+    if not absorb:
+        monkeypatch.setattr(absorbed_attention, "absorbed_pays", lambda *a: False)
     torch.manual_seed(0)
     model = PerceiverIO(config).double()
     inputs = {"image": torch.randn(2, 1, 4, 4, dtype=F64), "audio": torch.randn(2, 32, dtype=F64)}
@@ -119,6 +124,7 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch):
         return [v.detach() for v in logits.values()] + [p.grad for p in model.parameters()]
 
     grouped = run()
+    assert len(calls) == absorb  # the absorbed path pays at these shapes
     monkeypatch.setattr(model_module, "_adapt", lambda a, i, m, **kw: a(i, m, **kw))
     padded = run()
     for a, e in zip(grouped, padded, strict=True):

@@ -1,0 +1,195 @@
+"""Cross-attention to a ``PaddedInput`` with the key and value projections absorbed: the queries
+are taken into the input's channel space and attend to the normalised input rows themselves.
+
+For one head with queries ``q`` (width ``d``), keys ``k_m = W_k LN(x_m) + b_k`` and values
+``v_m = W_v LN(x_m) + b_v``, where ``LN(x) = g * (x - mu) * rstd + b``:
+
+    scale q.k_m = u.(x_m - mu_m) rstd_m + c          u = scale (q W_k) * g,  c = scale q.(W_k b + b_k)
+    sum_m A_m v_m = (W_v * g) sum_m A_m rstd_m (x_m - mu_m) + (W_v b + b_v)    (the weights sum to 1)
+
+A row ``x_m = [f_m | p]`` of group ``i`` (features ``C_i`` wide, the shared learned vector ``p``)
+enters both through ``C_i + 4`` numbers (zero-padded to a multiple of 8, which the matmuls take
+faster), ``z_m = [rstd (f_m - mu0), rstd, -rstd (mu - mu0), -rstd mu, 1]`` (``mu0`` the detached mean,
+which keeps large means from cancelling), against the query's
+``a = [u_f, u_p.p, sum(u_f), sum(u_p), c]``: scores are ``a . z_m``, and the weighted average of
+the ``z_m`` gives back the weighted average of ``LN(x_m)``. The attention thus runs over ``C_i + 4``
+channels instead of the keys' and values' widths, and no key or value is ever projected. In
+DeepMind's Kinetics autoencoder (one head, 704-wide keys and values, 243 feature channels for the
+50,176 video rows) that is a quarter of the encoder's cross-attention FLOPs. The result is that of
+the projected attention, up to rounding; gradients reach every parameter as before (those of
+``b_k`` and of the keys' share of ``b``, zero in exact arithmetic, come out as rounding).
+
+The softmax runs jointly over all groups, as explicit matmuls over slices of the query rows with a
+hand-written backward pass that recomputes each slice's weights (nothing of size queries x keys
+is kept).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from perceiver.padded_input import PaddedInput, row_statistics
+
+# scores per slice of query rows (one slice: rows x all keys)
+SLICE_SCORES = 2**24
+
+
+def absorbed_pays(x_kv: PaddedInput, num_queries: int, num_heads: int, qk_dim: int, v_dim: int) -> bool:
+    """Whether attending over the groups' ``C_i + 4`` channels in each of ``num_heads`` heads
+    (scores and weighted sums) takes fewer multiply-adds than projecting the keys and values and
+    attending to them: ``2 H N (C_i + 4)`` against ``(qk + v)(C_i + N)`` per row of group ``i``."""
+    absorbed = projected = 0
+    for f, _ in x_kv.groups:
+        rows, width = f.shape[1], f.shape[2]
+        absorbed += rows * 2 * num_heads * num_queries * (width + 4)
+        projected += rows * (qk_dim + v_dim) * (width + num_queries)
+    return absorbed < projected
+
+
+def absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj: nn.Linear,
+                       v_proj: nn.Linear, max_scores: int | None = None) -> Tensor:
+    """Softmax attention of ``q [B or 1, H, N, d]`` (projected queries, one row of them shared by
+    the batch) to the keys ``k_proj(norm(x))`` and values ``v_proj(norm(x))`` of
+    ``x = x_kv.materialise()`` ``[B, M, C]``, without building ``x``, the keys or the values.
+    Returns the attended values ``[B, H, N, dv]`` (before the output projection), in float32
+    (or float64) whatever autocast is on: its matmuls are few and take the full precision."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _absorbed_attention(q, x_kv, norm, k_proj, v_proj, max_scores)
+
+
+def _absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj: nn.Linear,
+                        v_proj: nn.Linear, max_scores: int | None) -> Tensor:
+    heads, width = q.shape[1], x_kv.shape[-1]
+    if tuple(norm.normalized_shape) != (width,):
+        raise ValueError(f"norm: expected a LayerNorm over {width} channels, "
+                         f"got one over {tuple(norm.normalized_shape)}")
+    dtype = torch.promote_types(x_kv.dtype, torch.float32)
+    g = None if norm.weight is None else norm.weight.to(dtype)
+    beta = torch.zeros(width, dtype=dtype, device=q.device) if norm.bias is None else norm.bias.to(dtype)
+    w_k, shift_k = _per_head(k_proj, beta, heads, dtype)
+    w_v, shift_v = _per_head(v_proj, beta, heads, dtype)
+    q = q.to(dtype) * q.shape[-1] ** -0.5
+    u = torch.einsum("bhnd,hdc->bhnc", q, w_k if g is None else w_k * g)  # queries in input channels
+    c = torch.einsum("bhnd,hd->bhn", q, shift_k)[..., None]
+    queries, rows = [], []
+    for f, p in x_kv.groups:
+        rows.append(_group_rows(f, p.to(dtype), norm.eps))
+        queries.append(_group_queries(u, c, f.shape[-1], p.to(dtype), rows[-1].shape[-1]))
+    averages = _GroupedAttention.apply(max_scores or SLICE_SCORES, len(rows), *queries, *rows)
+    # sum_m A_m rstd_m (x_m - mu_m) [B, H, N, C]: each group's features, then its padding
+    centred_mean = 0
+    for y, (f, p) in zip(averages, x_kv.groups, strict=True):
+        split = f.shape[-1]
+        rstd_sum, mu_shift, mu_sum = (y[..., split + j, None] for j in range(3))
+        features, padding = y[..., :split] + mu_shift, rstd_sum * p.to(dtype) + mu_sum
+        centred_mean = centred_mean + torch.cat([features, padding], -1)
+    return torch.einsum("bhnc,hdc->bhnd", centred_mean, w_v if g is None else w_v * g) + shift_v[:, None]
+
+
+def _per_head(proj: nn.Linear, beta: Tensor, heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A projection's weight ``[H, d, C]`` and what it adds to every normalised row,
+    ``W b + bias`` ``[H, d]``."""
+    weight = rearrange(proj.weight.to(dtype), "(h d) c -> h d c", h=heads)
+    shift = torch.einsum("hdc,c->hd", weight, beta)
+    if proj.bias is not None:
+        shift = shift + rearrange(proj.bias.to(dtype), "(h d) -> h d", h=heads)
+    return weight, shift
+
+
+def _group_queries(u: Tensor, c: Tensor, split: int, p: Tensor, width: int) -> Tensor:
+    """``a [B or 1, H, N, W_i]``: ``u_f, u_p . p, sum(u_f), sum(u_p), c`` and zeros up to ``width``."""
+    u_f, u_p = u[..., :split], u[..., split:]
+    sums = [(u_p @ p)[..., None], u_f.sum(-1, keepdim=True), u_p.sum(-1, keepdim=True), c]
+    return torch.cat([u_f, *sums, c.new_zeros(*c.shape[:-1], width - split - 4)], -1)
+
+
+def _group_rows(f: Tensor, p: Tensor, eps: float) -> Tensor:
+    """``z [B, M_i, W_i]``: ``rstd (f - mu0), rstd, -rstd (mu - mu0), -rstd mu, 1`` and zeros up to
+    a width ``W_i`` that is a multiple of 8."""
+    mu, rstd, _ = row_statistics(f, p, eps)
+    mu0 = mu.detach()
+    centred = (f.to(rstd.dtype) - mu0[..., None]) * rstd[..., None]
+    scalars = torch.stack([rstd, -rstd * (mu - mu0), -rstd * mu, torch.ones_like(rstd)], -1)
+    return torch.cat([centred, scalars, rstd.new_zeros(*rstd.shape, -(f.shape[-1] + 4) % 8)], -1)
+
+
+class _GroupedAttention(torch.autograd.Function):
+    """Per group ``i``: queries ``a_i [B or 1, H, N, W_i]`` and rows ``z_i [B, M_i, W_i]`` (keys and
+    values at once) -> ``A_i z_i [B, H, N, W_i]``, with ``A = softmax`` over the scores ``a_i . z_i``
+    of all groups' rows together."""
+
+    @staticmethod
+    def forward(ctx, max_scores, count, *tensors):
+        queries, rows = tensors[:count], tensors[count:]
+        batch, (heads, n) = rows[0].shape[0], queries[0].shape[1:3]
+        spans = _spans([z.shape[1] for z in rows])
+        step = max(1, max_scores // spans[-1].start)
+        out = [a.new_empty(batch, heads * n, a.shape[-1]) for a in queries]
+        for b in range(batch):
+            for r in range(0, heads * n, step):
+                weights = _weights(queries, rows, spans, b, slice(r, r + step))
+                for i, z in enumerate(rows):
+                    torch.mm(weights[:, spans[i]], z[b], out=out[i][b, r:r + step])
+        ctx.max_scores, ctx.spans = max_scores, spans
+        ctx.save_for_backward(*queries, *rows)
+        return tuple(rearrange(y, "b (h n) w -> b h n w", h=heads) for y in out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        count = len(grads)
+        queries, rows = ctx.saved_tensors[:count], ctx.saved_tensors[count:]
+        spans = ctx.spans
+        batch, (heads, n) = rows[0].shape[0], queries[0].shape[1:3]
+        step = max(1, ctx.max_scores // spans[-1].start)
+        grads = [rearrange(g, "b h n w -> b (h n) w") for g in grads]
+        grad_a = [torch.zeros_like(_flat(a)) for a in queries]
+        grad_z = [torch.empty_like(z) for z in rows]
+        for b in range(batch):
+            for r in range(0, heads * n, step):
+                part = slice(r, r + step)
+                weights = _weights(queries, rows, spans, b, part)
+                grad_weights = torch.empty_like(weights)
+                for i, z in enumerate(rows):
+                    torch.mm(grads[i][b, part], z[b].T, out=grad_weights[:, spans[i]])
+                    grad_weights[:, spans[i].stop:spans[i + 1].start].zero_()  # the gaps' weights are 0
+                grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+                for i, (a, z) in enumerate(zip(queries, rows, strict=True)):
+                    cols, ab = spans[i], _flat(a)[b if a.shape[0] > 1 else 0, part]
+                    grad_a[i][b if a.shape[0] > 1 else 0, part].addmm_(grad_scores[:, cols], z[b])
+                    if r == 0:
+                        torch.mm(grad_scores[:, cols].T, ab, out=grad_z[i][b])
+                    else:
+                        grad_z[i][b].addmm_(grad_scores[:, cols].T, ab)
+                    grad_z[i][b].addmm_(weights[:, cols].T, grads[i][b, part])
+        grad_a = [rearrange(g, "b (h n) w -> b h n w", h=heads) for g in grad_a]
+        return None, None, *grad_a, *grad_z
+
+
+def _flat(a: Tensor) -> Tensor:
+    return rearrange(a, "b h n w -> b (h n) w")
+
+
+def _spans(lengths: list[int]) -> list[slice]:
+    """Each group's columns in a slice's scores, starting at multiples of 16 (64 bytes in float32,
+    where the matmuls write fastest), and last an empty span whose start is the scores' row length."""
+    spans, start = [], 0
+    for length in lengths:
+        spans.append(slice(start, start + length))
+        start += -(-length // 16) * 16
+    return spans + [slice(start, start)]
+
+
+def _weights(queries, rows, spans, b: int, part: slice) -> Tensor:
+    """Softmax weights ``[rows of the slice, L]`` of example ``b``'s query rows ``part`` over all
+    groups' rows (laid out as ``spans``; zero in the gaps)."""
+    first = _flat(queries[0])[b if queries[0].shape[0] > 1 else 0, part]
+    scores = first.new_empty(first.shape[0], spans[-1].start)
+    for i, (a, z) in enumerate(zip(queries, rows, strict=True)):
+        ab = _flat(a)[b if a.shape[0] > 1 else 0, part]
+        torch.mm(ab, z[b].T, out=scores[:, spans[i]])
+        scores[:, spans[i].stop:spans[i + 1].start].fill_(float("-inf"))
+    return torch.softmax(scores, dim=-1)
