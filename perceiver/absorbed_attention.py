@@ -33,20 +33,30 @@ from torch.autograd.function import once_differentiable
 
 from perceiver.padded_input import PaddedInput, row_statistics
 
-# scores per slice of query rows (one slice: rows x all keys)
+# Scores per slice of query rows (one slice: rows x all keys of one example). Kinetics' encoder
+# attention alone (784 queries, 52,097 rows 248/408 wide), forward + backward: 0.46 + 1.28 s in
+# slices of 2^22, 0.42 + 1.09 s in 2^23, 0.41 + 1.10 s in 2^24, before the 16-column alignment.
 SLICE_SCORES = 2**24
+# Smaller attentions keep the projections, however few FLOPs absorbing would take: the extra small
+# ops cost more than they save. HiP-16's blocks of 64-1,024 rows (at most 0.2 G multiply-adds
+# projected) made its 64k step 1.066x slower absorbed; the demo's encoder (32 x 306 rows, 1.06 G)
+# 0.949x faster (medians of paired ratios over alternated steps in one process).
+MIN_PROJECTED_MACS = 2**29
 
 
 def absorbed_pays(x_kv: PaddedInput, num_queries: int, num_heads: int, qk_dim: int, v_dim: int) -> bool:
     """Whether attending over the groups' ``C_i + 4`` channels in each of ``num_heads`` heads
-    (scores and weighted sums) takes fewer multiply-adds than projecting the keys and values and
-    attending to them: ``2 H N (C_i + 4)`` against ``(qk + v)(C_i + N)`` per row of group ``i``."""
+    (scores and weighted sums) takes at most half the multiply-adds of projecting the keys and
+    values and attending to them: ``2 H N (C_i + 4)`` against ``(qk + v)(C_i + N)`` per row of
+    group ``i``. Half, because the explicit softmax and the recomputed scores of the backward pass
+    cost more per multiply-add than the projections and the fused attention kernel; and only
+    for at least ``MIN_PROJECTED_MACS`` projected multiply-adds in all."""
     absorbed = projected = 0
     for f, _ in x_kv.groups:
-        rows, width = f.shape[1], f.shape[2]
+        rows, width = f.shape[0] * f.shape[1], f.shape[2]
         absorbed += rows * 2 * num_heads * num_queries * (width + 4)
         projected += rows * (qk_dim + v_dim) * (width + num_queries)
-    return absorbed < projected
+    return 2 * absorbed <= projected and projected >= MIN_PROJECTED_MACS
 
 
 def absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj: nn.Linear,
@@ -146,8 +156,10 @@ class _GroupedAttention(torch.autograd.Function):
         batch, (heads, n) = rows[0].shape[0], queries[0].shape[1:3]
         step = max(1, ctx.max_scores // spans[-1].start)
         grads = [rearrange(g, "b h n w -> b (h n) w") for g in grads]
-        grad_a = [torch.zeros_like(_flat(a)) for a in queries]
-        grad_z = [torch.empty_like(z) for z in rows]
+        need_a, need_z = ctx.needs_input_grad[2:2 + count], ctx.needs_input_grad[2 + count:]
+        grad_a = [torch.zeros_like(_flat(a)) if need else None
+                  for a, need in zip(queries, need_a, strict=True)]
+        grad_z = [torch.empty_like(z) if need else None for z, need in zip(rows, need_z, strict=True)]
         for b in range(batch):
             for r in range(0, heads * n, step):
                 part = slice(r, r + step)
@@ -159,13 +171,15 @@ class _GroupedAttention(torch.autograd.Function):
                 grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
                 for i, (a, z) in enumerate(zip(queries, rows, strict=True)):
                     cols, ab = spans[i], _flat(a)[b if a.shape[0] > 1 else 0, part]
-                    grad_a[i][b if a.shape[0] > 1 else 0, part].addmm_(grad_scores[:, cols], z[b])
-                    if r == 0:
+                    if need_a[i]:
+                        grad_a[i][b if a.shape[0] > 1 else 0, part].addmm_(grad_scores[:, cols], z[b])
+                    if need_z[i] and r == 0:
                         torch.mm(grad_scores[:, cols].T, ab, out=grad_z[i][b])
-                    else:
+                    elif need_z[i]:
                         grad_z[i][b].addmm_(grad_scores[:, cols].T, ab)
-                    grad_z[i][b].addmm_(weights[:, cols].T, grads[i][b, part])
-        grad_a = [rearrange(g, "b (h n) w -> b h n w", h=heads) for g in grad_a]
+                    if need_z[i]:
+                        grad_z[i][b].addmm_(weights[:, cols].T, grads[i][b, part])
+        grad_a = [None if g is None else rearrange(g, "b (h n) w -> b h n w", h=heads) for g in grad_a]
         return None, None, *grad_a, *grad_z
 
 

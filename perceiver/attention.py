@@ -129,15 +129,19 @@ class MultiHeadAttention(nn.Module):
         float32 even under autocast, which on CPU is faster still; not under autocast elsewhere,
         where bf16 flash kernels may be faster). Otherwise the keys and values are projected from
         the groups (``PaddedInput.normalised_projections``)."""
-        device = x_q.device.type
-        if attention_mask is None and not (self.training and self.dropout > 0) \
-                and (device == "cpu" or not torch.is_autocast_enabled(device)) \
-                and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
-                                           self.v_proj.out_features):
+        if self.absorbs(x_q, x_kv, attention_mask):
             q = self._heads(self.q_proj(x_q))
             return self._output(absorbed.absorbed_attention(q, x_kv, kv_norm, self.k_proj, self.v_proj), None)
         k, v = x_kv.normalised_projections(kv_norm, self.k_proj, self.v_proj)
         return self._attend(x_q, k, v, attention_mask)
+
+    def absorbs(self, x_q: Tensor, x_kv: PaddedInput, attention_mask: Tensor | None = None) -> bool:
+        """Whether ``forward_padded`` absorbs the projections for these arrays (see there)."""
+        device = x_q.device.type
+        return attention_mask is None and not (self.training and self.dropout > 0) \
+            and (device == "cpu" or not torch.is_autocast_enabled(device)) \
+            and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
+                                       self.v_proj.out_features)
 
     def _attend(self, x_q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None,
                 return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:

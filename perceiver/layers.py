@@ -67,7 +67,9 @@ class CrossAttentionLayer(nn.Module):
     key/value array longer than that is normalised, projected and attended to in chunks
     (``MultiHeadAttention.forward_streamed``): the same output in memory O(chunk) instead of O(M).
     The key/value array may be a ``ChunkedInput``, computed a chunk at a time when streamed
-    (computed whole otherwise), or a ``PaddedInput``, projected group by group.
+    (computed whole otherwise), or a ``PaddedInput``, projected group by group. Where it takes at
+    most half the FLOPs (few heads, narrow inputs: DeepMind's image and multimodal encoders), the
+    key and value projections are absorbed into the queries instead (``perceiver.absorbed_attention``).
     """
 
     def __init__(
@@ -108,15 +110,18 @@ class CrossAttentionLayer(nn.Module):
         shared = x_q.shape[0] > 1 and x_q.stride(0) == 0
         q = self.q_norm(x_q[:1] if shared else x_q)
         streams = self.streams(x_kv.shape[1]) and not return_weights
-        if isinstance(x_kv, PaddedInput) and (streams or return_weights):
+        if isinstance(x_kv, PaddedInput) and (streams or return_weights) \
+                or isinstance(x_kv, ChunkedInput) and not streams:
             x_kv = x_kv.materialise()
+        grouped = x_kv if isinstance(x_kv, PaddedInput) else None
+        if isinstance(x_kv, Tensor) and not (streams or return_weights):  # absorbed where it pays
+            whole = PaddedInput.whole(x_kv)
+            grouped = whole if self.attention.absorbs(q, whole, attention_mask) else None
         if streams:
             attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
-        elif isinstance(x_kv, PaddedInput):
-            attended = self.attention.forward_padded(q, x_kv, self.kv_norm, attention_mask)
+        elif grouped is not None:
+            attended = self.attention.forward_padded(q, grouped, self.kv_norm, attention_mask)
         else:
-            if isinstance(x_kv, ChunkedInput):
-                x_kv = x_kv.materialise()
             attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)
         x = attended + x_q if self.query_residual else attended

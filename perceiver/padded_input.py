@@ -33,6 +33,11 @@ class PaddedInput:
 
     groups: tuple[tuple[Tensor, Tensor], ...]
 
+    @classmethod
+    def whole(cls, x: Tensor) -> PaddedInput:
+        """``x [B, M, C]`` as one group with no learned vector."""
+        return cls(((x, x.new_zeros(0)),))
+
     @property
     def shape(self) -> torch.Size:
         f, p = self.groups[0]

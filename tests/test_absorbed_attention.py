@@ -15,7 +15,7 @@ from perceiver.padded_input import PaddedInput
 F64 = torch.float64
 
 
-def setup(heads=2, affine=True, bias=True, batch=3):
+def setup(heads=2, affine=True, bias=True, batch=3, qk_dim=8, v_dim=6):
     """Groups of features 5 wide (mean 40: no cancellation allowed), 0 wide (the learned vector
     alone; one row), 12 wide (nothing shared, requiring grad) and 9 wide, in rows of width 12;
     group lengths off the 16-column alignment."""
@@ -26,7 +26,7 @@ def setup(heads=2, affine=True, bias=True, batch=3):
     feats[0] = feats[0] * 3 + 40
     feats[2].requires_grad_()
     x = PaddedInput(tuple(zip(feats, pads, strict=True)))
-    attention = MultiHeadAttention(16, 12, heads, qk_dim=8, v_dim=6).to(F64)
+    attention = MultiHeadAttention(16, 12, heads, qk_dim=qk_dim, v_dim=v_dim).to(F64)
     if not bias:
         for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
             proj.bias = None
@@ -85,7 +85,8 @@ def test_one_slice_per_query_row_and_one_for_all_agree():
 
 
 def test_forward_padded_absorbs_where_it_pays_and_not_with_a_mask(monkeypatch):
-    x, attention, norm, _ = setup(heads=1)
+    monkeypatch.setattr(absorbed, "MIN_PROJECTED_MACS", 0)
+    x, attention, norm, _ = setup(heads=1, qk_dim=32, v_dim=32)
     x_q = torch.randn(1, 7, 16, dtype=F64)
     calls, absorbed_attention = [], absorbed.absorbed_attention
     monkeypatch.setattr(absorbed, "absorbed_attention", lambda *a: calls.append(1) or absorbed_attention(*a))
@@ -99,18 +100,24 @@ def test_forward_padded_absorbs_where_it_pays_and_not_with_a_mask(monkeypatch):
     assert len(calls) == 1  # masks take the projected path
 
 
-def test_absorbed_pays_counts_multiply_adds():
+def test_absorbed_pays_counts_multiply_adds(monkeypatch):
     """Kinetics' encoder (one head, 704-wide keys and values, 784 latents; video rows of 243
-    features, audio rows of 401, the masked label) pays; config A's 8-head encoder would not."""
-    def groups(*shapes):
-        return PaddedInput(tuple((torch.zeros(1, m, w), torch.zeros(c - w)) for m, w, c in shapes))
+    features, audio rows of 401, the masked label) pays; config A's 8-head encoder would not, nor
+    HiP-16's small blocks."""
+    def groups(*shapes, batch=1):
+        return PaddedInput(tuple((torch.zeros(batch, m, w), torch.zeros(c - w)) for m, w, c in shapes))
 
     kinetics = groups((1920, 401, 704), (50176, 243, 704), (1, 0, 704))
     assert absorbed.absorbed_pays(kinetics, 784, 1, 704, 704)
-    assert not absorbed.absorbed_pays(groups((2048, 512, 512)), 256, 8, 512, 512)
-    # per row: 2 H N (C + 4) against (qk + v)(C + N)
-    assert absorbed.absorbed_pays(groups((5, 10, 12)), 10, 1, 15, 14) == (2 * 10 * 14 < 29 * 20)
+    assert not absorbed.absorbed_pays(groups((2048, 512, 512), batch=4), 256, 8, 512, 512)
+    assert not absorbed.absorbed_pays(groups((64, 256, 256), batch=16), 128, 1, 256, 256)
+    # at least half the multiply-adds saved: per row 2 H N (C + 4) against (qk + v)(C + N)
+    monkeypatch.setattr(absorbed, "MIN_PROJECTED_MACS", 0)
+    assert absorbed.absorbed_pays(groups((5, 10, 12)), 10, 1, 15, 14) == (2 * 2 * 10 * 14 <= 29 * 20)
+    assert absorbed.absorbed_pays(groups((5, 10, 12)), 10, 1, 30, 30)
     assert not absorbed.absorbed_pays(groups((5, 10, 12)), 10, 1, 7, 7)
+    monkeypatch.setattr(absorbed, "MIN_PROJECTED_MACS", 5 * 60 * 20 + 1)  # and enough of them
+    assert not absorbed.absorbed_pays(groups((5, 10, 12)), 10, 1, 30, 30)
 
 
 def test_under_autocast_it_runs_in_float32():
@@ -133,3 +140,31 @@ def test_a_norm_of_the_wrong_width_is_named():
     with pytest.raises(ValueError, match=expected):
         absorbed.absorbed_attention(torch.randn(3, 2, 7, 4, dtype=F64), x, nn.LayerNorm(10).to(F64),
                                     attention.k_proj, attention.v_proj)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_a_cross_attention_layer_absorbs_a_plain_input_where_it_pays(monkeypatch, input_grad):
+    """One head, 48-wide keys and values, 5 queries over 10-channel inputs: the layer attends to
+    its normalised input directly; output and every gradient (the input's too, when it needs one)
+    as with the projections, and attention weights (asked for) take the projected path."""
+    from perceiver.layers import CrossAttentionLayer
+
+    monkeypatch.setattr(absorbed, "MIN_PROJECTED_MACS", 0)
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 10, 1, qk_dim=48, v_dim=48).double()
+    x_q, x_kv = torch.randn(2, 5, 16, dtype=F64), torch.randn(2, 23, 10, dtype=F64, requires_grad=input_grad)
+    calls, absorbed_attention = [], absorbed.absorbed_attention
+    monkeypatch.setattr(absorbed, "absorbed_attention", lambda *a: calls.append(1) or absorbed_attention(*a))
+    params = [*layer.parameters(), *([x_kv] if input_grad else [])]
+
+    def run():
+        out = layer(x_q, x_kv)
+        return [out, *torch.autograd.grad(out.sin().sum(), params)]
+
+    actual = run()
+    assert calls == [1]
+    _, weights = layer(x_q, x_kv, return_weights=True)
+    assert calls == [1] and weights.shape == (2, 1, 5, 23)
+    monkeypatch.setattr(absorbed, "absorbed_pays", lambda *a: False)
+    for a, e in zip(actual, run(), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
