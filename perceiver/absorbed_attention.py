@@ -1,5 +1,6 @@
-"""Cross-attention to a ``PaddedInput`` with the key and value projections absorbed: the queries
-are taken into the input's channel space and attend to the normalised input rows themselves.
+"""Cross-attention with the key and value projections absorbed: the queries are taken into the
+input's channel space and attend to the normalised input rows themselves. The input is a
+``PaddedInput`` (a multimodal adapter's row groups; a plain ``[B, M, C]`` array is one group).
 
 For one head with queries ``q`` (width ``d``), keys ``k_m = W_k LN(x_m) + b_k`` and values
 ``v_m = W_v LN(x_m) + b_v``, where ``LN(x) = g * (x - mu) * rstd + b``:
@@ -64,10 +65,11 @@ def absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj:
     """Softmax attention of ``q [B or 1, H, N, d]`` (projected queries, one row of them shared by
     the batch) to the keys ``k_proj(norm(x))`` and values ``v_proj(norm(x))`` of
     ``x = x_kv.materialise()`` ``[B, M, C]``, without building ``x``, the keys or the values.
-    Returns the attended values ``[B, H, N, dv]`` (before the output projection), in float32
-    (or float64) whatever autocast is on: its matmuls are few and take the full precision."""
+    Returns the attended values ``[B, H, N, dv]`` (before the output projection) in ``q``'s dtype,
+    computed in float32 (or float64) whatever autocast is on: its matmuls are few and take the full
+    precision."""
     with torch.autocast(q.device.type, enabled=False):
-        return _absorbed_attention(q, x_kv, norm, k_proj, v_proj, max_scores)
+        return _absorbed_attention(q, x_kv, norm, k_proj, v_proj, max_scores).to(q.dtype)
 
 
 def _absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj: nn.Linear,

@@ -1,8 +1,8 @@
 """Multi-head attention for both cross- and self-attention, on PyTorch's fused SDPA kernels
 (on CPU, attentions under bf16 autocast and those whose values are not as wide as their keys run
 as explicit matmuls in slices, which is faster there: ``perceiver.sliced_attention``; a
-cross-attention to a multimodal adapter's row groups may absorb its key and value projections
-into the queries: ``perceiver.absorbed_attention``).
+cross-attention with few heads over narrow inputs may absorb its key and value projections into
+the queries: ``perceiver.absorbed_attention``).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -123,12 +123,12 @@ class MultiHeadAttention(nn.Module):
     def forward_padded(self, x_q: Tensor, x_kv: PaddedInput, kv_norm: nn.LayerNorm,
                        attention_mask: Tensor | None = None) -> Tensor:
         """``forward(x_q, kv_norm(x_kv.materialise()), attention_mask)`` without the padded rows.
-        Where it takes fewer FLOPs (``absorbed_attention.absorbed_pays``) and there is no mask
-        and no attention dropout, the key and value projections are absorbed into the queries,
-        which attend to the normalised groups themselves (``perceiver.absorbed_attention``, in
-        float32 even under autocast, which on CPU is faster still; not under autocast elsewhere,
-        where bf16 flash kernels may be faster). Otherwise the keys and values are projected from
-        the groups (``PaddedInput.normalised_projections``)."""
+        Where that takes at most half the multiply-adds (``absorbed_attention.absorbed_pays``)
+        and there is no mask and no attention dropout, the key and value projections are absorbed
+        into the queries, which attend to the normalised groups themselves
+        (``perceiver.absorbed_attention``, in float32 even under autocast, which on CPU is faster
+        still; not under autocast elsewhere, where bf16 flash kernels may be faster). Otherwise the
+        keys and values are projected from the groups (``PaddedInput.normalised_projections``)."""
         if self.absorbs(x_q, x_kv, attention_mask):
             q = self._heads(self.q_proj(x_q))
             return self._output(absorbed.absorbed_attention(q, x_kv, kv_norm, self.k_proj, self.v_proj), None)

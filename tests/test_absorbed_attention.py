@@ -168,3 +168,15 @@ def test_a_cross_attention_layer_absorbs_a_plain_input_where_it_pays(monkeypatch
     monkeypatch.setattr(absorbed, "absorbed_pays", lambda *a: False)
     for a, e in zip(actual, run(), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_a_bf16_model_gets_bf16_attended_values(monkeypatch):
+    """Parameters in bf16 (no autocast): computed in float32, returned in the queries' dtype, so
+    the output projection takes them."""
+    monkeypatch.setattr(absorbed, "MIN_PROJECTED_MACS", 0)
+    x, attention, norm, _ = setup(heads=1, qk_dim=32, v_dim=32)
+    expected = attention(torch.ones(3, 7, 16, dtype=F64), norm(x.materialise()))
+    bf16 = torch.bfloat16
+    out = attention.to(bf16).forward_padded(torch.ones(1, 7, 16, dtype=bf16), x.to(bf16), norm.to(bf16))
+    assert out.dtype == bf16
+    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
