@@ -35,8 +35,8 @@ from torch.autograd.function import once_differentiable
 from perceiver.padded_input import PaddedInput, row_statistics
 
 # Scores per slice of query rows (one slice: rows x all keys of one example). Kinetics' encoder
-# attention alone (784 queries, 52,097 rows 248/408 wide), forward + backward: 0.46 + 1.28 s in
-# slices of 2^22, 0.42 + 1.09 s in 2^23, 0.41 + 1.10 s in 2^24, before the 16-column alignment.
+# attention alone (784 queries, 52,097 rows 248/408 wide), forward + backward: 0.41 + 0.92 s in
+# slices of 2^22, 0.34 + 0.88 s in 2^23, 0.29 + 0.80 s in 2^24, 0.35 + 0.78 s in 2^25.
 SLICE_SCORES = 2**24
 # Smaller attentions keep the projections, however few FLOPs absorbing would take: the extra small
 # ops cost more than they save. HiP-16's blocks of 64-1,024 rows (at most 0.2 G multiply-adds
