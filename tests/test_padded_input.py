@@ -86,14 +86,12 @@ def test_the_adapters_groups_are_its_padded_rows(options, modality_mask):
         assert x.groups[2][0].shape[-1] == 0
 
 
-@pytest.mark.parametrize("absorb", [True, False])
-def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
-    """Logits and every gradient of a small multimodal autoencoder, attending to the groups
-    (with the projections absorbed, or projecting the groups) and to the padded rows (float64)."""
+def small_multimodal(adapter) -> PerceiverIO:
+    """A small multimodal autoencoder over ``adapter``'s audio, image and label, whose encoder's
+    cross-attention may absorb its projections (one head, 32-wide keys and values)."""
     from perceiver.outputs import ClassificationOutput, LinearOutput, MultimodalOutput
     from perceiver.queries import FourierQueries, LearnedQueries, MultimodalQueries
 
-    adapter = make(mask_probs={"label": 1.0})
     config = PerceiverIO.Config(
         input=adapter.config,
         encoder=dict(num_latents=6, latent_dim=16, num_self_layers=1, num_self_heads=2, num_cross_heads=1,
@@ -109,13 +107,20 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
             "label": ClassificationOutput.Config(10),
         }, projection_dim=8),
     )
+    torch.manual_seed(0)
+    return PerceiverIO(config)
+
+
+@pytest.mark.parametrize("absorb", [True, False])
+def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
+    """Logits and every gradient of a small multimodal autoencoder, attending to the groups
+    (with the projections absorbed, or projecting the groups) and to the padded rows (float64)."""
     monkeypatch.setattr(absorbed_attention, "MIN_PROJECTED_MACS", 0)
     calls, absorbed = [], absorbed_attention.absorbed_attention
     monkeypatch.setattr(absorbed_attention, "absorbed_attention", lambda *a: calls.append(1) or absorbed(*a))
     if not absorb:
         monkeypatch.setattr(absorbed_attention, "absorbed_pays", lambda *a: False)
-    torch.manual_seed(0)
-    model = PerceiverIO(config).double()
+    model = small_multimodal(make(mask_probs={"label": 1.0})).double()
     inputs = {"image": torch.randn(2, 1, 4, 4, dtype=F64), "audio": torch.randn(2, 32, dtype=F64)}
 
     def run():
@@ -146,3 +151,16 @@ def test_a_streaming_cross_attention_layer_takes_it_whole():
     layer = CrossAttentionLayer(8, 12, chunk_size=4).double()
     q = torch.randn(2, 3, 8, dtype=F64)
     torch.testing.assert_close(layer(q, x), layer(q, x.materialise()), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_matches_eager(monkeypatch):
+    """A compiled multimodal model, its encoder absorbing the projections and its label given as
+    one-hot rows, gives the eager logits (the input checks run eagerly: traced, the label's had
+    raised on a valid [B, 10] tensor)."""
+    monkeypatch.setattr(absorbed_attention, "MIN_PROJECTED_MACS", 0)
+    model = small_multimodal(make()).eval()
+    inputs = {"image": torch.randn(2, 1, 4, 4), "audio": torch.randn(2, 32), "label": torch.eye(10)[[3, 7]]}
+    eager = model(inputs).logits
+    compiled = torch.compile(model, backend="aot_eager")(inputs).logits
+    for name, logits in eager.items():
+        torch.testing.assert_close(compiled[name], logits, rtol=1e-5, atol=1e-5)

@@ -15,6 +15,9 @@ from torch import Tensor
 MAX_INPUT_MAGNITUDE = 1e18  # LayerNorm squares its inputs: float32 holds squares up to ~3e38
 
 
+# Eager, outside compiled graphs: it reads the values (a graph break anyway), and traced by
+# torch.compile in a multimodal model the label's rank check raised on a valid [B, 10] tensor.
+@torch.compiler.disable
 def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool | None = None):
     """Raise ``ValueError`` unless ``value`` is a tensor of the given rank(s) and dtype kind, and,
     if floating-point, holds only finite values up to ``MAX_INPUT_MAGNITUDE``."""
