@@ -119,13 +119,12 @@ def _group_queries(u: Tensor, c: Tensor, split: int, p: Tensor, width: int) -> T
 
 
 def _group_rows(f: Tensor, p: Tensor, eps: float) -> Tensor:
-    """``z [B, M_i, W_i]``: ``rstd (f - mu0), rstd, -rstd (mu - mu0), -rstd mu, 1`` and zeros up to
-    a width ``W_i`` that is a multiple of 8."""
-    mu, rstd, _ = row_statistics(f, p, eps)
-    mu0 = mu.detach()
-    centred = (f.to(rstd.dtype) - mu0[..., None]) * rstd[..., None]
-    scalars = torch.stack([rstd, -rstd * (mu - mu0), -rstd * mu, torch.ones_like(rstd)], -1)
-    return torch.cat([centred, scalars, rstd.new_zeros(*rstd.shape, -(f.shape[-1] + 4) % 8)], -1)
+    """``z [B, M_i, W_i]``: ``rstd (f - mu0)``, the row's factors ``rstd, -rstd (mu - mu0), -rstd mu``
+    (``row_statistics``), 1, and zeros up to a width ``W_i`` that is a multiple of 8."""
+    mu, rstd, factors = row_statistics(f, p, eps)
+    centred = (f.to(rstd.dtype) - mu.detach()[..., None]) * rstd[..., None]
+    ones, zeros = torch.ones_like(rstd)[..., None], rstd.new_zeros(*rstd.shape, -(f.shape[-1] + 4) % 8)
+    return torch.cat([centred, factors, ones, zeros], -1)
 
 
 class _GroupedAttention(torch.autograd.Function):

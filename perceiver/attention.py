@@ -130,10 +130,15 @@ class MultiHeadAttention(nn.Module):
         still; not under autocast elsewhere, where bf16 flash kernels may be faster). Otherwise the
         keys and values are projected from the groups (``PaddedInput.normalised_projections``)."""
         if self.absorbs(x_q, x_kv, attention_mask):
-            q = self._heads(self.q_proj(x_q))
-            return self._output(absorbed.absorbed_attention(q, x_kv, kv_norm, self.k_proj, self.v_proj), None)
+            return self.forward_absorbed(x_q, x_kv, kv_norm)
         k, v = x_kv.normalised_projections(kv_norm, self.k_proj, self.v_proj)
         return self._attend(x_q, k, v, attention_mask)
+
+    def forward_absorbed(self, x_q: Tensor, x_kv: PaddedInput, kv_norm: nn.LayerNorm) -> Tensor:
+        """``forward(x_q, kv_norm(x_kv.materialise()))`` with the key and value projections
+        absorbed into the queries (``perceiver.absorbed_attention``; no mask, no dropout)."""
+        q = self._heads(self.q_proj(x_q))
+        return self._output(absorbed.absorbed_attention(q, x_kv, kv_norm, self.k_proj, self.v_proj), None)
 
     def absorbs(self, x_q: Tensor, x_kv: PaddedInput, attention_mask: Tensor | None = None) -> bool:
         """Whether ``forward_padded`` absorbs the projections for these arrays (see there)."""

@@ -113,14 +113,13 @@ class CrossAttentionLayer(nn.Module):
         if isinstance(x_kv, PaddedInput) and (streams or return_weights) \
                 or isinstance(x_kv, ChunkedInput) and not streams:
             x_kv = x_kv.materialise()
-        grouped = x_kv if isinstance(x_kv, PaddedInput) else None
-        if isinstance(x_kv, Tensor) and not (streams or return_weights):  # absorbed where it pays
-            whole = PaddedInput.whole(x_kv)
-            grouped = whole if self.attention.absorbs(q, whole, attention_mask) else None
         if streams:
             attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
-        elif grouped is not None:
-            attended = self.attention.forward_padded(q, grouped, self.kv_norm, attention_mask)
+        elif isinstance(x_kv, PaddedInput):
+            attended = self.attention.forward_padded(q, x_kv, self.kv_norm, attention_mask)
+        elif not return_weights and self.attention.absorbs(q, whole := PaddedInput.whole(x_kv),
+                                                           attention_mask):
+            attended = self.attention.forward_absorbed(q, whole, self.kv_norm)
         else:
             attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
         attended, weights = attended if return_weights else (attended, None)

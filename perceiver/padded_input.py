@@ -74,7 +74,7 @@ class PaddedInput:
             for (f, p), (mu, rstd, rows) in zip(self.groups, statistics, strict=True):
                 mu0, split = mu.detach(), f.shape[-1]
                 wf, wp = weight[:, :split], weight[:, split:]
-                channels = torch.stack([wf.sum(dim=1), wp.sum(dim=1), wp @ p.to(wp.dtype)])
+                channels = torch.stack([wp @ p.to(wp.dtype), wf.sum(dim=1), wp.sum(dim=1)])
                 y = torch.matmul(rows, channels.to(rows.dtype)) + _or_zero(shift)
                 if split:  # rstd * (f - mu0) @ wf^T: f centred on a detached mean stays constant
                     centred = F.linear(f - mu0[..., None].to(f.dtype), wf)
@@ -88,8 +88,11 @@ class PaddedInput:
 
 def row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and ``1 / sqrt(var + eps)`` ``[B, M_i]`` of the rows ``[f | p]``, from each part's own
-    mean and sum of squared deviations (no cancellation between large means), and the rows'
-    factors ``[B, M_i, 3]`` of the rank-three part (the first is zero, for the mean's gradient)."""
+    mean and sum of squared deviations (no cancellation between large means), and each row's
+    factors ``[B, M_i, 3]`` of what it shares with every other: ``rstd, -rstd (mu - mu0),
+    -rstd mu`` (``mu0`` the detached mean: the second is zero, there for the mean's gradient).
+    ``normalised_projections`` weighs them with ``W p``, ``rowsum(W_f)``, ``rowsum(W_p)``;
+    ``absorbed_attention`` takes them as columns of its rows."""
     n_f, n_p = f.shape[-1], p.shape[0]
     dtype = torch.promote_types(f.dtype, torch.float32)  # statistics in at least float32
     f, p = f.to(dtype), p.to(dtype)
@@ -102,9 +105,8 @@ def row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Te
     mu = (n_f * mean_f + n_p * mean_p) / (n_f + n_p)
     var = (n_f * var_f + n_f * (mean_f - mu).square() + sq_p + n_p * (mean_p - mu).square()) / (n_f + n_p)
     rstd = torch.rsqrt(var + eps)
-    # per-row factors [B, M_i, 3] of the per-channel vectors [3, D]: the rank-three part
-    rows = torch.stack([-rstd * (mu - mu.detach()), -rstd * mu, rstd], dim=-1)
-    return mu, rstd, rows
+    factors = torch.stack([rstd, -rstd * (mu - mu.detach()), -rstd * mu], dim=-1)
+    return mu, rstd, factors
 
 
 def _or_zero(x: Tensor | None) -> Tensor | float:
