@@ -9,7 +9,7 @@ imported only there).
 from perceiver.attention import MultiHeadAttention
 from perceiver.checkpoint import from_pretrained
 from perceiver.config import build, from_dict, to_dict
-from perceiver.layers import CrossAttentionLayer, SelfAttentionLayer, SelfAttentionStack
+from perceiver.layers import CrossAttentionLayer, SelfAttentionLayer, SelfAttentionStack, set_checkpointing
 from perceiver.model import (
     DecoderConfig,
     EncoderConfig,
@@ -28,5 +28,5 @@ __all__ = [
     "CrossAttentionLayer", "DecoderConfig", "EncoderConfig", "FourierPositions", "LearnedPositions",
     "MultiHeadAttention", "Perceiver", "PerceiverDecoder", "PerceiverEncoder", "PerceiverIO",
     "PerceiverOutput", "SelfAttentionLayer", "SelfAttentionStack", "build", "fourier_features",
-    "from_dict", "from_pretrained", "to_dict",
+    "from_dict", "from_pretrained", "set_checkpointing", "to_dict",
 ]

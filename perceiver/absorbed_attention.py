@@ -152,7 +152,8 @@ class _GroupedAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         count = len(grads)
-        queries, rows = ctx.saved_tensors[:count], ctx.saved_tensors[count:]
+        saved = ctx.saved_tensors  # read once: checkpointing's saved tensors unpack only once
+        queries, rows = saved[:count], saved[count:]
         spans = ctx.spans
         batch, (heads, n) = rows[0].shape[0], queries[0].shape[1:3]
         step = max(1, ctx.max_scores // spans[-1].start)

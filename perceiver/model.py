@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from perceiver.checkpoint import PretrainedMixin
 from perceiver.config import build, register
@@ -41,6 +40,8 @@ class EncoderConfig:
     to the input; blocks after the first share one cross-attention's weights. ``cross_chunk_size``
     streams inputs longer than that through the cross-attention in chunks (same outputs and
     gradients; memory O(chunk) instead of O(M); the backward pass recomputes the keys and values).
+    ``checkpointing``: activation checkpointing of the cross-attention and of every self-attention
+    layer (``perceiver.layers.set_checkpointing`` sets it in a built model, decoder included).
     """
 
     num_latents: int = 256
@@ -66,7 +67,8 @@ class EncoderConfig:
 @dataclass
 class DecoderConfig:
     """Output-query cross-attention. ``chunk_size`` decodes at most that many queries at a time
-    (outputs are identical; peak memory is bounded for very large query sets)."""
+    (outputs are identical; peak memory is bounded for very large query sets: in training too,
+    with ``checkpointing``, which recomputes each chunk in the backward pass)."""
 
     num_heads: int = 1
     qk_dim: int | None = None
@@ -76,6 +78,7 @@ class DecoderConfig:
     dropout: float = 0.0
     activation: str = "gelu"
     chunk_size: int | None = None
+    checkpointing: bool = False
 
 
 def _dataclass_from(cls, value):
@@ -117,7 +120,7 @@ class PerceiverEncoder(nn.Module):
             return CrossAttentionLayer(
                 d, input_dim, config.num_cross_heads, config.cross_qk_dim, config.cross_v_dim,
                 config.cross_widening_factor, config.query_residual, config.dropout,
-                config.activation, config.cross_chunk_size,
+                config.activation, config.cross_chunk_size, config.checkpointing,
             )
 
         self.cross_attention = cross_attention()
@@ -135,9 +138,6 @@ class PerceiverEncoder(nn.Module):
             z, w = layer(z, x, attention_mask, return_weights=True)
             weights.setdefault("cross", w)
             return z
-        checkpointing = self.self_attention.checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and not layer.streams(x.shape[1]):  # streaming keeps little anyway
-            return checkpoint(layer, z, x, attention_mask, use_reentrant=False)
         return layer(z, x, attention_mask)
 
     def forward(self, x: Tensor | ChunkedInput | PaddedInput, attention_mask: Tensor | None = None,
@@ -172,6 +172,7 @@ class PerceiverDecoder(nn.Module):
         self.cross_attention = CrossAttentionLayer(
             query_dim, latent_dim, config.num_heads, config.qk_dim, config.v_dim,
             config.widening_factor, config.query_residual, config.dropout, config.activation,
+            checkpointing=config.checkpointing,
         )
 
     def forward(self, queries, latents: Tensor, return_weights: bool = False):

@@ -139,16 +139,14 @@ class Run:
     def __init__(self, task: Task, config: TrainConfig, output_dir: Path, procs: Processes, resume: bool,
                  run_info: dict | None):
         from perceiver.config import build
-        from perceiver.layers import SelfAttentionStack
+        from perceiver.layers import set_checkpointing
 
         self.task, self.config, self.output_dir, self.procs = task, config, output_dir, procs
         output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model_config = task.model_config()
         model = build(self.model_config).to(procs.device)
-        for module in model.modules():  # every model's self-attention stacks (and what keys off them)
-            if isinstance(module, SelfAttentionStack):
-                module.checkpointing = config.activation_checkpointing
+        set_checkpointing(model, config.activation_checkpointing)
         self.start, self.best, optimizer_state = 0, {"value": None, "step": None}, None
         if resume:
             if find_checkpoint(output_dir / "checkpoint") is None:

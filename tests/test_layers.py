@@ -51,6 +51,48 @@ def test_checkpointing_gives_identical_gradients():
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def saved_bytes(fn):
+    """``fn()`` and the bytes of the tensors autograd keeps for its backward pass (unique storages,
+    parameters included)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        return fn(), sum(storages.values())
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])  # 16: streamed, which is not checkpointed
+def test_cross_attention_checkpointing_keeps_the_inputs_only_and_gives_identical_gradients(chunk_size):
+    kwargs = dict(num_heads=2, widening_factor=2, chunk_size=chunk_size)
+    plain = CrossAttentionLayer(16, 10, dropout=0.0 if chunk_size else 0.1, **kwargs).train()
+    ckpt = CrossAttentionLayer(16, 10, dropout=0.0 if chunk_size else 0.1, checkpointing=True,
+                               **kwargs).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x_q, x_kv = torch.randn(2, 4, 16), torch.randn(2, 64, 10)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 40:] = False
+    runs = []
+    for layer in (plain, ckpt):
+        torch.manual_seed(7)  # same dropout masks; checkpointing replays the RNG state
+        q, kv = x_q.clone().requires_grad_(), x_kv.clone().requires_grad_()
+        out, saved = saved_bytes(lambda: layer(q, kv, mask))  # noqa: B023
+        out.square().sum().backward()
+        runs.append((saved, [out, q.grad, kv.grad] + [p.grad for p in layer.parameters()]))
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    inputs = sum(t.untyped_storage().nbytes() for t in (x_q, x_kv, mask))
+    # checkpointed, only the inputs are kept; streamed, it is not checkpointed (keeps little anyway)
+    if chunk_size is None:
+        assert runs[1][0] == inputs < runs[0][0] / 5
+        ckpt.eval()  # no checkpointing outside training
+        assert saved_bytes(lambda: ckpt(x_q.requires_grad_(), x_kv, mask))[1] > 5 * inputs
+    else:
+        assert runs[1][0] == runs[0][0]
+
+
 def test_stack_returns_one_weight_map_per_layer():
     stack = SelfAttentionStack(2, 8, num_heads=2)
     out, weights = stack(torch.randn(3, 4, 8), return_weights=True)

@@ -3,9 +3,19 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perceiver import EncoderConfig, Perceiver, PerceiverIO, presets, tokenizer
+from perceiver import (
+    CrossAttentionLayer,
+    EncoderConfig,
+    Perceiver,
+    PerceiverIO,
+    SelfAttentionStack,
+    presets,
+    set_checkpointing,
+    tokenizer,
+)
 from perceiver.config import from_dict, to_dict
 from perceiver.inputs import TokenInputAdapter
+from tests.test_layers import saved_bytes
 
 
 def tiny_mlm(**encoder):
@@ -89,6 +99,27 @@ def test_encoder_checkpointing_gives_identical_gradients():
     mask[1, 20:] = 0
     for model in (plain, ckpt):
         model(inputs=ids, attention_mask=mask).logits.sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0, msg=name)
+
+
+def test_set_checkpointing_reaches_the_decoder_chunk_by_chunk_with_identical_gradients():
+    plain, ckpt = tiny_mlm(), tiny_mlm()
+    ckpt.load_state_dict(plain.state_dict())
+    set_checkpointing(ckpt, True)
+    layers = [m for m in ckpt.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionStack))]
+    assert len(layers) == 3 and all(m.checkpointing for m in layers)  # encoder, stack, decoder
+    ids = torch.randint(0, 262, (2, 32))
+    saved = []
+    for model in (plain, ckpt):
+        model.decoder.chunk_size = 12  # 32 queries: chunks of 12, 12 and 8
+        x = model.input_adapter(ids)[0]
+        latents, queries = model.encoder(x), model.queries(x, None)
+        _, kept = saved_bytes(lambda: model.decoder(queries, latents))  # noqa: B023
+        saved.append(kept)
+        model(inputs=ids).logits.square().sum().backward()
+    # checkpointed, each chunk keeps only its queries (an expanded table) and the latents
+    assert saved[1] == latents.untyped_storage().nbytes() + queries.untyped_storage().nbytes() < saved[0] / 10
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0, msg=name)
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import perceiver.model as model_module
-from perceiver import PerceiverIO, absorbed_attention
+from perceiver import PerceiverIO, absorbed_attention, set_checkpointing
 from perceiver.padded_input import PaddedInput
 from tests.inputs.test_multimodal import make
 
@@ -111,16 +111,18 @@ def small_multimodal(adapter) -> PerceiverIO:
     return PerceiverIO(config)
 
 
-@pytest.mark.parametrize("absorb", [True, False])
-def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
+@pytest.mark.parametrize("absorb,checkpointing", [(True, False), (False, False), (True, True)])
+def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb, checkpointing):
     """Logits and every gradient of a small multimodal autoencoder, attending to the groups
-    (with the projections absorbed, or projecting the groups) and to the padded rows (float64)."""
+    (with the projections absorbed, or projecting the groups; every layer checkpointed or not)
+    and to the padded rows (float64)."""
     monkeypatch.setattr(absorbed_attention, "MIN_PROJECTED_MACS", 0)
     calls, absorbed = [], absorbed_attention.absorbed_attention
     monkeypatch.setattr(absorbed_attention, "absorbed_attention", lambda *a: calls.append(1) or absorbed(*a))
     if not absorb:
         monkeypatch.setattr(absorbed_attention, "absorbed_pays", lambda *a: False)
     model = small_multimodal(make(mask_probs={"label": 1.0})).double()
+    set_checkpointing(model, checkpointing)
     inputs = {"image": torch.randn(2, 1, 4, 4, dtype=F64), "audio": torch.randn(2, 32, dtype=F64)}
 
     def run():
@@ -131,7 +133,11 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb):
         return [v.detach() for v in logits.values()] + [p.grad for p in model.parameters()]
 
     grouped = run()
+    in_step, _ = len(calls), calls.clear()
+    model(inputs)  # a forward pass alone
     assert bool(calls) == absorb  # the absorbed path pays at these shapes
+    assert in_step == len(calls) * (1 + checkpointing)  # checkpointed: recomputed in the backward pass
+    set_checkpointing(model, False)
     monkeypatch.setattr(absorbed_attention, "absorbed_pays", lambda *a: False)  # the reference projects
     monkeypatch.setattr(model_module, "_adapt", lambda a, i, m, **kw: a(i, m, **kw))
     padded = run()

@@ -74,7 +74,8 @@ class HiPBlock(nn.Module):
         if skip_channels is not None and skip_channels != c:
             self.skip_projection = nn.Linear(skip_channels, c)
         self.cross_attention = CrossAttentionLayer(c, in_channels, 1, qk_dim=in_channels, v_dim=in_channels,
-                                                   widening_factor=1, activation="relu2")
+                                                   widening_factor=1, activation="relu2",
+                                                   checkpointing=checkpointing)
         self.self_attention = SelfAttentionStack(
             config.num_self_layers, c, checkpointing, num_heads=config.num_self_heads, widening_factor=4,
             activation="relu2", residual_dropout=dropout, drop_path=drop_path)

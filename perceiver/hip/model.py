@@ -82,7 +82,8 @@ class HiP(PretrainedMixin, nn.Module):
                                         config.checkpointing))
         last = blocks[-1].channels
         self.head = CrossAttentionLayer(e, last, 1, qk_dim=last, v_dim=last, widening_factor=1,
-                                        query_residual=False, activation="relu2")
+                                        query_residual=False, activation="relu2",
+                                        checkpointing=config.checkpointing)
         self.unembed = nn.ModuleDict({n: nn.Linear(e, d) for n, (_, d) in sizes.items()})
         self.reset_parameters()
 

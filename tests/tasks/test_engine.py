@@ -100,6 +100,21 @@ def test_batches_built_in_worker_processes_give_the_same_run(tmp_path):
     assert all(torch.equal(inline[k], workers[k]) for k in inline)
 
 
+def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, monkeypatch):
+    import perceiver.layers as layers
+
+    calls, checkpoint = [], layers.checkpoint
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
+    config = dataclasses.replace(CONFIG, max_steps=4, eval_every=4, save_every=4)
+    train(CountTask(), config, tmp_path / "plain", progress=False)
+    assert calls == []
+    train(CountTask(), dataclasses.replace(config, activation_checkpointing=True), tmp_path / "checkpointed",
+          progress=False)
+    assert len(calls) == 3 * 4 * 2  # the encoder's two layers and the decoder, in 4 steps of 2 micro-batches
+    plain, checkpointed = (load_file(tmp_path / f"{d}/model.safetensors") for d in ("plain", "checkpointed"))
+    assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
+
+
 def test_metrics_go_to_csv_tensorboard_and_a_curves_png(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
