@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/checkpointing.py                       # every case below
     .venv/bin/python benchmarks/checkpointing.py --cases A@16 --pairs 3
 
-A case is a configuration of ``benchmarks/run.py`` at a batch size (``A@16``: config A, batch 16).
-For each, with checkpointing off and on (every attention layer's ``checkpointing`` flag, as
+A case is a configuration of ``benchmarks/run.py`` at a batch size (``A@16``: config A, batch 16),
+optionally with the decoder in chunks of so many queries (``A@16:512``).
+For each, with checkpointing off and on (``perceiver.set_checkpointing``, as
 ``train.activation_checkpointing`` sets it):
 
 - **memory**: in a fresh process per setting, the peak RSS of two training steps above the RSS
-  before them (the model, its inputs and the interpreter). glibc's mmap threshold is pinned at
+  before them (the model, its inputs and the interpreter; the peak is reset after building, through
+  ``/proc/self/clear_refs``). glibc's mmap threshold is pinned at
   128 KiB (``MALLOC_MMAP_THRESHOLD_``), so that freed tensors go back to the system and RSS follows
   the live tensors: under the default allocator freed memory stays in the heap and the peak RSS of
   the language perceiver's step over-states its live peak by ~0.9 GB.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import torch
 
+from perceiver import set_checkpointing
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-CASES = ["A@4", "A@16", "language-perceiver@2", "language-perceiver@8", "multimodal@1", "multimodal@4",
-         "HiP-16-256k@1"]
+CASES = ["A@4", "A@16", "A@16:512", "language-perceiver@2", "language-perceiver@8", "multimodal@1",
+         "multimodal@4", "HiP-16-256k@1"]
 
 
 def build(case: str):
@@ -43,9 +46,12 @@ def build(case: str):
     from run import CONFIGS, inputs
 
     name, batch = case.split("@")
+    batch, _, decoder_chunk = batch.partition(":")
     spec = dict(CONFIGS[name], batch=int(batch))
     torch.manual_seed(0)
     model, run = BUILDERS["ours"](spec)
+    if decoder_chunk:
+        model.decoder.chunk_size = int(decoder_chunk)
     model.train()
     x, loss_of = inputs(spec, torch.Generator().manual_seed(0))
 
@@ -56,30 +62,22 @@ def build(case: str):
     return model, step
 
 
-def set_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
-    """``perceiver.set_checkpointing``, or what it did before it existed: the flag of every module
-    that has one (so that the script also measures older commits)."""
-    for module in model.modules():
-        if hasattr(module, "checkpointing"):
-            module.checkpointing = enabled
-
-
-def rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+def rss_gb(field: str = "VmRSS") -> float:
+    """The process's resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return kib * 1024 / 1e9
 
 
 def memory_worker(case: str, enabled: bool) -> dict:
     model, step = build(case)
     set_checkpointing(model, enabled)
+    with open("/proc/self/clear_refs", "w") as f:  # the peak restarts here, after building
+        f.write("5")
     before = rss_gb()
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # the peak while building
     step()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    if peak <= built:
-        raise RuntimeError(f"{case}: building the model peaked above its steps ({built:.2f} GB)")
-    return {"before_gb": before, "peak_gb": peak}
+    return {"before_gb": before, "peak_gb": rss_gb("VmHWM")}
 
 
 def time_worker(case: str, pairs: int) -> dict:

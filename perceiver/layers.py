@@ -84,12 +84,11 @@ class CrossAttentionLayer(nn.Module):
         dropout: float = 0.0,
         activation: str = "gelu",
         chunk_size: int | None = None,
-        checkpointing: bool = False,
     ):
         super().__init__()
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size: expected a positive integer or None, got {chunk_size}")
-        self.chunk_size, self.checkpointing = chunk_size, checkpointing
+        self.chunk_size = chunk_size
         self.q_norm = nn.LayerNorm(q_dim)
         self.kv_norm = nn.LayerNorm(kv_dim)
         self.attention = MultiHeadAttention(
@@ -106,12 +105,6 @@ class CrossAttentionLayer(nn.Module):
         attention_mask: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        if self.checkpointing and self.training and torch.is_grad_enabled() and not return_weights \
-                and not self.streams(x_kv.shape[1]):
-            return checkpoint(self._attend, x_q, x_kv, attention_mask, use_reentrant=False)
-        return self._attend(x_q, x_kv, attention_mask, return_weights)
-
-    def _attend(self, x_q, x_kv, attention_mask=None, return_weights=False):
         # queries every example shares (an expanded [N, q_dim] array: learned latents or output
         # queries) are normalised and projected once, not once per example
         shared = x_q.shape[0] > 1 and x_q.stride(0) == 0
@@ -188,7 +181,6 @@ class SelfAttentionStack(nn.Module):
 
     With ``checkpointing=True`` each layer's activations are recomputed in the backward pass
     (less memory, about one extra forward of time); the gradients are the same.
-    ``set_checkpointing`` turns it on or off in a whole model.
     """
 
     def __init__(self, num_layers: int, dim: int, checkpointing: bool = False, **layer_kwargs):
@@ -202,17 +194,25 @@ class SelfAttentionStack(nn.Module):
             if return_weights:
                 x, weights = layer(x, return_weights=True)
                 all_weights.append(weights)
-            elif self.checkpointing and self.training and x.requires_grad:
-                x = checkpoint(layer, x, use_reentrant=False)
             else:
-                x = layer(x)
+                x = checkpointed(layer, x, enabled=self.checkpointing)
         return (x, all_weights) if return_weights else x
 
 
+def checkpointed(module: nn.Module, *args, enabled: bool):
+    """``module(*args)``; with ``enabled``, in a training step with gradients, checkpointed: only
+    ``args`` are kept for the backward pass, which recomputes the rest (the same gradients)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
 def set_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Activation checkpointing on or off in every attention layer and stack of ``model`` (the
-    encoder's, the decoder's, HiP's blocks and head): training steps then keep each layer's inputs
-    and recompute the rest in the backward pass, with the same gradients."""
+    """Activation checkpointing on or off in every part of ``model`` that has a ``checkpointing``
+    switch: self-attention stacks (each layer), encoders' and HiP blocks' cross-attentions, and
+    decoders that decode in chunks (each chunk; a model's last layer run whole would be recomputed
+    right after its forward pass, saving nothing, so a decoder in one chunk and HiP's head are not
+    checkpointed)."""
     for module in model.modules():
-        if isinstance(module, (CrossAttentionLayer, SelfAttentionStack)):
+        if isinstance(getattr(module, "checkpointing", None), bool):
             module.checkpointing = enabled

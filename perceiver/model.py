@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from perceiver.checkpoint import PretrainedMixin
 from perceiver.config import build, register
 from perceiver.inputs import MultimodalAdapter
-from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation
+from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation, checkpointed
 from perceiver.outputs import build_output
 from perceiver.padded_input import PaddedInput
 from perceiver.streamed_attention import ChunkedInput
@@ -41,7 +41,7 @@ class EncoderConfig:
     streams inputs longer than that through the cross-attention in chunks (same outputs and
     gradients; memory O(chunk) instead of O(M); the backward pass recomputes the keys and values).
     ``checkpointing``: activation checkpointing of the cross-attention and of every self-attention
-    layer (``perceiver.layers.set_checkpointing`` sets it in a built model, decoder included).
+    layer (``perceiver.set_checkpointing`` switches it in a built model, decoder included).
     """
 
     num_latents: int = 256
@@ -67,8 +67,10 @@ class EncoderConfig:
 @dataclass
 class DecoderConfig:
     """Output-query cross-attention. ``chunk_size`` decodes at most that many queries at a time
-    (outputs are identical; peak memory is bounded for very large query sets: in training too,
-    with ``checkpointing``, which recomputes each chunk in the backward pass)."""
+    (outputs are identical; peak memory is bounded for very large query sets). With
+    ``checkpointing`` a training step keeps only the chunks' outputs and recomputes each chunk in
+    the backward pass, one at a time (decoding in one chunk it is not checkpointed: it would be
+    recomputed right after its forward pass, saving nothing)."""
 
     num_heads: int = 1
     qk_dim: int | None = None
@@ -115,12 +117,13 @@ class PerceiverEncoder(nn.Module):
         self.config = config
         d = config.latent_dim
         self.latents = nn.Parameter(torch.randn(config.num_latents, d) * 0.02)
+        self.checkpointing = config.checkpointing  # of the cross-attention; the stack has its own
 
         def cross_attention():
             return CrossAttentionLayer(
                 d, input_dim, config.num_cross_heads, config.cross_qk_dim, config.cross_v_dim,
                 config.cross_widening_factor, config.query_residual, config.dropout,
-                config.activation, config.cross_chunk_size, config.checkpointing,
+                config.activation, config.cross_chunk_size,
             )
 
         self.cross_attention = cross_attention()
@@ -138,7 +141,9 @@ class PerceiverEncoder(nn.Module):
             z, w = layer(z, x, attention_mask, return_weights=True)
             weights.setdefault("cross", w)
             return z
-        return layer(z, x, attention_mask)
+        if layer.streams(x.shape[1]):  # keeps little anyway: not checkpointed
+            return layer(z, x, attention_mask)
+        return checkpointed(layer, z, x, attention_mask, enabled=self.checkpointing)
 
     def forward(self, x: Tensor | ChunkedInput | PaddedInput, attention_mask: Tensor | None = None,
                 return_weights=False):
@@ -172,8 +177,8 @@ class PerceiverDecoder(nn.Module):
         self.cross_attention = CrossAttentionLayer(
             query_dim, latent_dim, config.num_heads, config.qk_dim, config.v_dim,
             config.widening_factor, config.query_residual, config.dropout, config.activation,
-            checkpointing=config.checkpointing,
         )
+        self.checkpointing = config.checkpointing
 
     def forward(self, queries, latents: Tensor, return_weights: bool = False):
         if isinstance(queries, dict):
@@ -186,7 +191,8 @@ class PerceiverDecoder(nn.Module):
         if self.chunk_size is None or queries.shape[1] <= self.chunk_size:
             return self.cross_attention(queries, latents)
         chunks = queries.split(self.chunk_size, dim=1)
-        return torch.cat([self.cross_attention(q, latents) for q in chunks], dim=1)
+        return torch.cat([checkpointed(self.cross_attention, q, latents, enabled=self.checkpointing)
+                          for q in chunks], dim=1)
 
 
 def _adapt(adapter: nn.Module, inputs, attention_mask, **kwargs):

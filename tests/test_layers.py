@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from perceiver.layers import MLP, CrossAttentionLayer, SelfAttentionLayer, SelfAttentionStack
+from perceiver.layers import MLP, CrossAttentionLayer, SelfAttentionLayer, SelfAttentionStack, checkpointed
 from tests import reference
 
 
@@ -64,33 +64,26 @@ def saved_bytes(fn):
         return fn(), sum(storages.values())
 
 
-@pytest.mark.parametrize("chunk_size", [None, 16])  # 16: streamed, which is not checkpointed
-def test_cross_attention_checkpointing_keeps_the_inputs_only_and_gives_identical_gradients(chunk_size):
-    kwargs = dict(num_heads=2, widening_factor=2, chunk_size=chunk_size)
-    plain = CrossAttentionLayer(16, 10, dropout=0.0 if chunk_size else 0.1, **kwargs).train()
-    ckpt = CrossAttentionLayer(16, 10, dropout=0.0 if chunk_size else 0.1, checkpointing=True,
-                               **kwargs).train()
-    ckpt.load_state_dict(plain.state_dict())
+def test_a_checkpointed_layer_keeps_its_inputs_only_and_gives_identical_gradients():
+    layer = CrossAttentionLayer(16, 10, num_heads=2, widening_factor=2, dropout=0.1).train()
     x_q, x_kv = torch.randn(2, 4, 16), torch.randn(2, 64, 10)
     mask = torch.ones(2, 64, dtype=torch.bool)
     mask[1, 40:] = False
     runs = []
-    for layer in (plain, ckpt):
+    for enabled in (False, True):
         torch.manual_seed(7)  # same dropout masks; checkpointing replays the RNG state
         q, kv = x_q.clone().requires_grad_(), x_kv.clone().requires_grad_()
-        out, saved = saved_bytes(lambda: layer(q, kv, mask))  # noqa: B023
+        out, saved = saved_bytes(lambda: checkpointed(layer, q, kv, mask, enabled=enabled))  # noqa: B023
+        layer.zero_grad()
         out.square().sum().backward()
-        runs.append((saved, [out, q.grad, kv.grad] + [p.grad for p in layer.parameters()]))
+        runs.append((saved, [out, q.grad, kv.grad] + [p.grad.clone() for p in layer.parameters()]))
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     inputs = sum(t.untyped_storage().nbytes() for t in (x_q, x_kv, mask))
-    # checkpointed, only the inputs are kept; streamed, it is not checkpointed (keeps little anyway)
-    if chunk_size is None:
-        assert runs[1][0] == inputs < runs[0][0] / 5
-        ckpt.eval()  # no checkpointing outside training
-        assert saved_bytes(lambda: ckpt(x_q.requires_grad_(), x_kv, mask))[1] > 5 * inputs
-    else:
-        assert runs[1][0] == runs[0][0]
+    assert runs[1][0] == inputs < runs[0][0] / 5
+    layer.eval()  # not outside training
+    assert saved_bytes(lambda: checkpointed(layer, x_q.requires_grad_(), x_kv, mask, enabled=True))[1] \
+        > 5 * inputs
 
 
 def test_stack_returns_one_weight_map_per_layer():

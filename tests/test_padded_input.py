@@ -136,7 +136,7 @@ def test_a_multimodal_perceiver_io_on_both_paths(monkeypatch, absorb, checkpoint
     in_step, _ = len(calls), calls.clear()
     model(inputs)  # a forward pass alone
     assert bool(calls) == absorb  # the absorbed path pays at these shapes
-    assert in_step == len(calls) * (1 + checkpointing)  # checkpointed: recomputed in the backward pass
+    assert (in_step > len(calls)) == checkpointing  # the encoder's, recomputed in the backward pass
     set_checkpointing(model, False)
     monkeypatch.setattr(absorbed_attention, "absorbed_pays", lambda *a: False)  # the reference projects
     monkeypatch.setattr(model_module, "_adapt", lambda a, i, m, **kw: a(i, m, **kw))

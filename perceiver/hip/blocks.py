@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from perceiver.layers import CrossAttentionLayer, SelfAttentionStack
+from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, checkpointed
 
 
 @dataclass
@@ -74,8 +74,8 @@ class HiPBlock(nn.Module):
         if skip_channels is not None and skip_channels != c:
             self.skip_projection = nn.Linear(skip_channels, c)
         self.cross_attention = CrossAttentionLayer(c, in_channels, 1, qk_dim=in_channels, v_dim=in_channels,
-                                                   widening_factor=1, activation="relu2",
-                                                   checkpointing=checkpointing)
+                                                   widening_factor=1, activation="relu2")
+        self.checkpointing = checkpointing  # of the cross-attention; the stack has its own
         self.self_attention = SelfAttentionStack(
             config.num_self_layers, c, checkpointing, num_heads=config.num_self_heads, widening_factor=4,
             activation="relu2", residual_dropout=dropout, drop_path=drop_path)
@@ -100,6 +100,7 @@ class HiPBlock(nn.Module):
                 raise ValueError(f"skip: expected [B, {q.shape[1]}, {q.shape[2]}, C] to add to the latent "
                                  f"queries, got {list(skip.shape)}")
             q = q + (skip if self.skip_projection is None else self.skip_projection(skip))
-        z = self.cross_attention(rearrange(q, "b g n c -> (b g) n c"), rearrange(x, "b g m c -> (b g) m c"))
+        z = checkpointed(self.cross_attention, rearrange(q, "b g n c -> (b g) n c"),
+                         rearrange(x, "b g m c -> (b g) m c"), enabled=self.checkpointing)
         z = self.self_attention(z)
         return rearrange(z, "(b g) n c -> b g n c", b=x.shape[0])

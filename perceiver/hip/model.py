@@ -59,7 +59,7 @@ class HiP(PretrainedMixin, nn.Module):
         transpose_regroup: bool = False
         dropout: float = 0.0
         drop_path: float = 0.0
-        checkpointing: bool = False
+        checkpointing: bool = False  # blocks (cross-attention, each self-attention layer), not the head
 
     def __init__(self, config: Config):
         super().__init__()
@@ -82,8 +82,7 @@ class HiP(PretrainedMixin, nn.Module):
                                         config.checkpointing))
         last = blocks[-1].channels
         self.head = CrossAttentionLayer(e, last, 1, qk_dim=last, v_dim=last, widening_factor=1,
-                                        query_residual=False, activation="relu2",
-                                        checkpointing=config.checkpointing)
+                                        query_residual=False, activation="relu2")
         self.unembed = nn.ModuleDict({n: nn.Linear(e, d) for n, (_, d) in sizes.items()})
         self.reset_parameters()
 

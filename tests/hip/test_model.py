@@ -78,8 +78,8 @@ def test_checkpointing_keeps_less_and_gives_identical_gradients():
         out, saved = saved_bytes(lambda: model(inputs).logits["signal"])  # noqa: B023
         out.square().mean().backward()
         runs.append((saved, {n: p.grad for n, p in model.named_parameters()}))
-    # blocks, their cross-attentions and the head checkpointed (0.084; 0.42 with the stacks alone)
-    assert runs[1][0] < runs[0][0] / 5
+    # the blocks' cross-attentions and stacks checkpointed, not the head: 0.18 (0.42 with the stacks alone)
+    assert runs[1][0] < runs[0][0] / 4
     assert all(g is not None for g in runs[1][1].values())
     for name, grad in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][name], grad, atol=0, rtol=0, msg=name)
