@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/checkpointing.py --cases A@16 --pairs 3
 
 A case is a configuration of ``benchmarks/run.py`` at a batch size (``A@16``: config A, batch 16),
-optionally with the decoder in chunks of so many queries (``A@16:512``).
+optionally with the decoder (HiP: the head) in chunks of so many queries (``A@16:512``; HiP's
+chunks count positions per group).
 For each, with checkpointing off and on (``perceiver.set_checkpointing``, as
 ``train.activation_checkpointing`` sets it):
 
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 CASES = ["A@4", "A@16", "A@16:512", "language-perceiver@2", "language-perceiver@8", "multimodal@1",
-         "multimodal@4", "HiP-16-256k@1"]
+         "multimodal@4", "HiP-16-256k@1", "HiP-16-256k@1:2048"]
 
 
 def build(case: str):
@@ -50,7 +51,9 @@ def build(case: str):
     spec = dict(CONFIGS[name], batch=int(batch))
     torch.manual_seed(0)
     model, run = BUILDERS["ours"](spec)
-    if decoder_chunk:
+    if decoder_chunk and hasattr(model, "head_chunk_size"):  # HiP
+        model.head_chunk_size = int(decoder_chunk)
+    elif decoder_chunk:
         model.decoder.chunk_size = int(decoder_chunk)
     model.train()
     x, loss_of = inputs(spec, torch.Generator().manual_seed(0))

@@ -210,9 +210,8 @@ def checkpointed(module: nn.Module, *args, enabled: bool):
 def set_checkpointing(model: nn.Module, enabled: bool) -> None:
     """Activation checkpointing on or off in every part of ``model`` that has a ``checkpointing``
     switch: self-attention stacks (each layer), encoders' and HiP blocks' cross-attentions, and
-    decoders that decode in chunks (each chunk; a model's last layer run whole would be recomputed
-    right after its forward pass, saving nothing, so a decoder in one chunk and HiP's head are not
-    checkpointed)."""
+    decoders and HiP heads that decode in chunks (each chunk; a model's last layer run whole would
+    be recomputed right after its forward pass, saving nothing, so it is not checkpointed)."""
     for module in model.modules():
         if isinstance(getattr(module, "checkpointing", None), bool):
             module.checkpointing = enabled

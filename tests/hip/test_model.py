@@ -63,10 +63,13 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
-def test_checkpointing_keeps_less_and_gives_identical_gradients():
-    tiny = dict(num_groups=(4, 1, 4), num_latents=(8, 16, 8), channels=(16, 32, 16),
-                num_self_layers=(2, 1, 1), num_self_heads=(2, 2, 2), embedding_channels=8,
-                processor_latents_train=8)
+TINY = dict(num_groups=(4, 1, 4), num_latents=(8, 16, 8), channels=(16, 32, 16), num_self_layers=(2, 1, 1),
+            num_self_heads=(2, 2, 2), embedding_channels=8)
+
+
+@pytest.mark.parametrize("head_chunk_size", [None, 5])  # 16 positions a group: chunks of 5, 5, 5, 1
+def test_checkpointing_keeps_less_and_gives_identical_gradients(head_chunk_size):
+    tiny = dict(TINY, processor_latents_train=8, head_chunk_size=head_chunk_size)
     inputs = {"signal": torch.randn(2, 64, 3)}
     runs = []
     for checkpointing in (False, True):
@@ -78,11 +81,25 @@ def test_checkpointing_keeps_less_and_gives_identical_gradients():
         out, saved = saved_bytes(lambda: model(inputs).logits["signal"])  # noqa: B023
         out.square().mean().backward()
         runs.append((saved, {n: p.grad for n, p in model.named_parameters()}))
-    # the blocks' cross-attentions and stacks checkpointed, not the head: 0.18 (0.42 with the stacks alone)
-    assert runs[1][0] < runs[0][0] / 4
+    # the blocks' cross-attentions and stacks checkpointed: 0.18 (0.42 with the stacks alone); and the
+    # head's chunks: 0.079 (a head in one chunk is not checkpointed)
+    assert runs[1][0] < runs[0][0] / (4 if head_chunk_size is None else 10)
     assert all(g is not None for g in runs[1][1].values())
     for name, grad in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][name], grad, atol=0, rtol=0, msg=name)
+
+
+def test_the_head_in_chunks_gives_the_same_reconstructions():
+    torch.manual_seed(0)
+    whole = build_hip("mini", {"signal": (64, 3)}, **TINY).eval()
+    chunked = build_hip("mini", {"signal": (64, 3)}, head_chunk_size=5, **TINY).eval()
+    chunked.load_state_dict(whole.state_dict())
+    torch.nn.init.normal_(whole.unembed["signal"].weight, std=0.1)
+    chunked.unembed["signal"].weight.data.copy_(whole.unembed["signal"].weight)
+    inputs = {"signal": torch.randn(2, 64, 3)}
+    torch.testing.assert_close(chunked(inputs).logits["signal"], whole(inputs).logits["signal"])
+    with pytest.raises(ValueError, match="head_chunk_size: expected a positive integer or None, got 0"):
+        build_hip("mini", {"signal": (64, 3)}, head_chunk_size=0, **TINY)
 
 
 def test_subsampled_latents_are_distinct_rows_per_example_and_group():
