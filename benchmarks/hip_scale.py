@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/hip_scale.py                     # 64k, 256k, 1M elements
     .venv/bin/python benchmarks/hip_scale.py --lengths 65536 --repeats 1
+    .venv/bin/python benchmarks/hip_scale.py --models hip-16 --lengths 8388608 --repeats 1 \
+        --checkpointing --head-chunk-size 4096     # activation checkpointing, the head in chunks
 
 One input of M scalar elements (batch 1), reconstructed in full (masked auto-encoding's forward and
 backward with every element decoded). Each (model, M) runs in its own process: the median time of
 ``--repeats`` steps after a warm-up, and the process's peak RSS; a run that dies (out of memory)
-or exceeds ``--timeout`` is reported as such. The growth exponent is the log-log slope of time
-and memory from the smallest to the largest M that ran.
+or exceeds ``--timeout`` is reported as such. Each worker's data segment is limited to 22 GB
+(``RLIMIT_DATA``), so that a length that does not fit fails to allocate. The growth exponent is the
+log-log slope of time and memory from the smallest to the largest M that ran.
 
 - hip-16: ``build_hip("16", {"signal": (M, 1)})`` (99M parameters at 1M elements).
 - flat: Perceiver IO with 256 x 512 latents and 8 self-attention layers, raw samples with Fourier
@@ -28,13 +31,15 @@ import time
 import torch
 
 LENGTHS = (65_536, 262_144, 1_048_576)
+MEMORY_LIMIT = 22 * 10**9  # RLIMIT_DATA of a worker: the 24 GB machine less the system
 
 
-def build(name: str, length: int):
+def build(name: str, length: int, checkpointing: bool = False, head_chunk_size: int | None = None):
     if name == "hip-16":
         from perceiver.hip import build_hip
 
-        return build_hip("16", {"signal": (length, 1)})
+        return build_hip("16", {"signal": (length, 1)}, checkpointing=checkpointing,
+                         head_chunk_size=head_chunk_size)
     from perceiver import PerceiverIO
     from perceiver.inputs import AudioPatchAdapter
     from perceiver.model import DecoderConfig, EncoderConfig
@@ -50,9 +55,10 @@ def build(name: str, length: int):
     ))
 
 
-def run(name: str, length: int, repeats: int) -> dict:
+def run(name: str, length: int, repeats: int, checkpointing: bool, head_chunk_size: int | None) -> dict:
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
     torch.manual_seed(0)
-    model = build(name, length).train()
+    model = build(name, length, checkpointing, head_chunk_size).train()
     signal = torch.randn(1, length, 1)
 
     def step():
@@ -88,16 +94,22 @@ def main(argv=None):
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--checkpointing", action="store_true", help="HiP-16: activation checkpointing")
+    parser.add_argument("--head-chunk-size", type=int, help="HiP-16: positions per group its head "
+                        "decodes at a time")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    options = ["--checkpointing"] * args.checkpointing
+    options += [] if args.head_chunk_size is None else ["--head-chunk-size", str(args.head_chunk_size)]
     if args.worker:
-        print(json.dumps(run(args.worker[0], int(args.worker[1]), args.repeats)))
+        print(json.dumps(run(args.worker[0], int(args.worker[1]), args.repeats, args.checkpointing,
+                             args.head_chunk_size)))
         return
     for name in args.models:
         rows = []
         for length in args.lengths:
             command = [sys.executable, __file__, "--worker", name, str(length), "--repeats",
-                       str(args.repeats)]
+                       str(args.repeats), *options]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
                 row = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else
