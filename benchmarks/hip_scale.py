@@ -29,9 +29,9 @@ import sys
 import time
 
 import torch
+from run import MEMORY_LIMIT  # RLIMIT_DATA of a worker: the 24 GB machine less the system
 
 LENGTHS = (65_536, 262_144, 1_048_576)
-MEMORY_LIMIT = 22 * 10**9  # RLIMIT_DATA of a worker: the 24 GB machine less the system
 
 
 def build(name: str, length: int, checkpointing: bool = False, head_chunk_size: int | None = None):

@@ -172,9 +172,9 @@ class _GroupedAttention(torch.autograd.Function):
                     grad_weights[:, spans[i].stop:spans[i + 1].start].zero_()  # the gaps' weights are 0
                 grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
                 for i, (a, z) in enumerate(zip(queries, rows, strict=True)):
-                    cols, ab = spans[i], _flat(a)[b if a.shape[0] > 1 else 0, part]
+                    cols, ab = spans[i], _flat(a)[_example(a, b), part]
                     if need_a[i]:
-                        grad_a[i][b if a.shape[0] > 1 else 0, part].addmm_(grad_scores[:, cols], z[b])
+                        grad_a[i][_example(a, b), part].addmm_(grad_scores[:, cols], z[b])
                     if need_z[i] and r == 0:
                         torch.mm(grad_scores[:, cols].T, ab, out=grad_z[i][b])
                     elif need_z[i]:
@@ -187,6 +187,11 @@ class _GroupedAttention(torch.autograd.Function):
 
 def _flat(a: Tensor) -> Tensor:
     return rearrange(a, "b h n w -> b (h n) w")
+
+
+def _example(a: Tensor, b: int) -> int:
+    """Example ``b``'s index in queries ``a`` (their one row when the batch shares them)."""
+    return b if a.shape[0] > 1 else 0
 
 
 def _spans(lengths: list[int]) -> list[slice]:
@@ -202,10 +207,10 @@ def _spans(lengths: list[int]) -> list[slice]:
 def _weights(queries, rows, spans, b: int, part: slice) -> Tensor:
     """Softmax weights ``[rows of the slice, L]`` of example ``b``'s query rows ``part`` over all
     groups' rows (laid out as ``spans``; zero in the gaps)."""
-    first = _flat(queries[0])[b if queries[0].shape[0] > 1 else 0, part]
+    first = _flat(queries[0])[_example(queries[0], b), part]
     scores = first.new_empty(first.shape[0], spans[-1].start)
     for i, (a, z) in enumerate(zip(queries, rows, strict=True)):
-        ab = _flat(a)[b if a.shape[0] > 1 else 0, part]
+        ab = _flat(a)[_example(a, b), part]
         torch.mm(ab, z[b].T, out=scores[:, spans[i]])
         scores[:, spans[i].stop:spans[i + 1].start].fill_(float("-inf"))
     return torch.softmax(scores, dim=-1)

@@ -207,6 +207,18 @@ def checkpointed(module: nn.Module, *args, enabled: bool):
     return module(*args)
 
 
+def attend_in_chunks(layer: CrossAttentionLayer, queries: Tensor, x_kv: Tensor, chunk_size: int | None,
+                     checkpointing: bool) -> Tensor:
+    """``layer(queries, x_kv)`` for at most ``chunk_size`` queries ``[B, O, q_dim]`` at a time (the
+    same outputs). With ``checkpointing`` a training step keeps only the chunks' outputs and
+    recomputes each chunk in the backward pass, one at a time; a single chunk is not checkpointed
+    (recomputed right after its forward pass, it would save nothing)."""
+    if chunk_size is None or queries.shape[1] <= chunk_size:
+        return layer(queries, x_kv)
+    return torch.cat([checkpointed(layer, part, x_kv, enabled=checkpointing)
+                      for part in queries.split(chunk_size, dim=1)], dim=1)
+
+
 def set_checkpointing(model: nn.Module, enabled: bool) -> None:
     """Activation checkpointing on or off in every part of ``model`` that has a ``checkpointing``
     switch: self-attention stacks (each layer), encoders' and HiP blocks' cross-attentions, and

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 from perceiver.checkpoint import PretrainedMixin
 from perceiver.config import build, register
 from perceiver.inputs import MultimodalAdapter
-from perceiver.layers import CrossAttentionLayer, SelfAttentionStack, check_activation, checkpointed
+from perceiver.layers import (
+    CrossAttentionLayer,
+    SelfAttentionStack,
+    attend_in_chunks,
+    check_activation,
+    checkpointed,
+)
 from perceiver.outputs import build_output
 from perceiver.padded_input import PaddedInput
 from perceiver.streamed_attention import ChunkedInput
@@ -188,11 +194,7 @@ class PerceiverDecoder(nn.Module):
             return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
         if return_weights:
             return self.cross_attention(queries, latents, return_weights=True)
-        if self.chunk_size is None or queries.shape[1] <= self.chunk_size:
-            return self.cross_attention(queries, latents)
-        chunks = queries.split(self.chunk_size, dim=1)
-        return torch.cat([checkpointed(self.cross_attention, q, latents, enabled=self.checkpointing)
-                          for q in chunks], dim=1)
+        return attend_in_chunks(self.cross_attention, queries, latents, self.chunk_size, self.checkpointing)
 
 
 def _adapt(adapter: nn.Module, inputs, attention_mask, **kwargs):

@@ -26,7 +26,7 @@ from perceiver.config import register
 from perceiver.hip.blocks import BlockConfig, HiPBlock
 from perceiver.hip.grouping import GroupLayout
 from perceiver.inputs.base import check_tensor
-from perceiver.layers import CrossAttentionLayer, checkpointed
+from perceiver.layers import CrossAttentionLayer, attend_in_chunks
 from perceiver.model import PerceiverOutput
 
 TRUNCATED_STD = 0.87962566103423978  # std of a unit normal truncated at +-2
@@ -60,7 +60,7 @@ class HiP(PretrainedMixin, nn.Module):
         dropout: float = 0.0
         drop_path: float = 0.0
         checkpointing: bool = False  # blocks (cross-attention, each self-attention layer), head chunks
-        head_chunk_size: int | None = None  # positions per group that the head decodes at a time
+        head_chunk_size: int | None = None  # positions per group the head decodes at a time (same outputs)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -122,21 +122,11 @@ class HiP(PretrainedMixin, nn.Module):
             if i == self.processor:
                 read_out = self.leave_processor(z, inputs)
         q = layout.group(queries)
-        y = self.decode(q.flatten(0, 1), z.flatten(0, 1)).unflatten(0, q.shape[:2])
+        # the position queries [B*G, P, E] attend to their group's latents [B*G, N, C]
+        y = attend_in_chunks(self.head, q.flatten(0, 1), z.flatten(0, 1), self.head_chunk_size,
+                             self.checkpointing).unflatten(0, q.shape[:2])
         logits = {n: self.unembed[n](v) for n, v in layout.ungroup(y).items()}
         return PerceiverOutput(logits=logits | read_out, latents=z)
-
-    def decode(self, q: Tensor, z: Tensor) -> Tensor:
-        """The head: position queries ``[B*G, P, E]`` attend to their group's latents ``[B*G, N, C]``,
-        at most ``head_chunk_size`` positions at a time (the same outputs; inference memory bounded
-        by the chunk). With ``checkpointing`` a training step keeps only the chunks' outputs and
-        recomputes each chunk in the backward pass; in one chunk it is not checkpointed (it would be
-        recomputed right after its forward pass, saving nothing)."""
-        size = self.head_chunk_size
-        if size is None or q.shape[1] <= size:
-            return self.head(q, z)
-        return torch.cat([checkpointed(self.head, part, z, enabled=self.checkpointing)
-                          for part in q.split(size, dim=1)], dim=1)
 
     # Hooks for variants that treat some modalities apart (HiPClassBottleneck): which inputs go
     # through the encoder, what joins the latents entering the processor, and what is read out
