@@ -2,7 +2,8 @@
 (on CPU, attentions under bf16 autocast and those whose values are not as wide as their keys run
 as explicit matmuls in slices, which is faster there: ``perceiver.sliced_attention``; a
 cross-attention with few heads over narrow inputs may absorb its key and value projections into
-the queries: ``perceiver.absorbed_attention``).
+the queries: ``perceiver.absorbed_attention``; many narrow queries over few keys may fold the query
+and output projections into the keys and values: ``perceiver.folded_attention``).
 
 Shapes: queries come from an array ``[B, N, q_dim]``, keys and values from ``[B, M, kv_dim]``.
 Queries and keys are projected to ``qk_dim``, values to ``v_dim`` (each split over ``num_heads``),
@@ -19,6 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver import absorbed_attention as absorbed
+from perceiver.folded_attention import folded_attention, folding_pays
 from perceiver.padded_input import PaddedInput
 from perceiver.sliced_attention import explicit_attention, explicit_attention_in_slices, explicit_pays
 from perceiver.streamed_attention import ChunkedInput, streamed_attention
@@ -147,6 +149,23 @@ class MultiHeadAttention(nn.Module):
             and (device == "cpu" or not torch.is_autocast_enabled(device)) \
             and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
                                        self.v_proj.out_features)
+
+    def forward_folded(self, x_q: Tensor, q_norm: nn.LayerNorm, x_kv: Tensor) -> Tensor:
+        """``forward(q_norm(x_q), x_kv)`` with the query and output projections folded into the keys
+        and values (``perceiver.folded_attention``; no mask, no dropout): ``x_q`` are the queries
+        before their norm, ``[B or 1, N, q_dim]``."""
+        k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
+        return folded_attention(x_q, q_norm, k, v, self.q_proj, self.o_proj)
+
+    def folds(self, x_q: Tensor, x_kv: Tensor, attention_mask: Tensor | None = None) -> bool:
+        """Whether ``forward_folded`` pays for these arrays: no mask, no attention dropout, value
+        heads as wide as the query heads (the fused kernel's condition on ``C`` and ``C_out``) and
+        at most half the multiply-adds (``folded_attention.folding_pays``)."""
+        return attention_mask is None and not (self.training and self.dropout > 0) \
+            and self.q_proj.in_features == self.o_proj.out_features \
+            and folding_pays(x_kv.shape[0], x_q.shape[1], x_kv.shape[1], self.q_proj.in_features,
+                             self.num_heads, self.q_proj.out_features, self.v_proj.out_features,
+                             self.o_proj.out_features)
 
     def _attend(self, x_q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None,
                 return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -69,7 +69,9 @@ class CrossAttentionLayer(nn.Module):
     The key/value array may be a ``ChunkedInput``, computed a chunk at a time when streamed
     (computed whole otherwise), or a ``PaddedInput``, projected group by group. Where it takes at
     most half the FLOPs (few heads, narrow inputs: DeepMind's image and multimodal encoders), the
-    key and value projections are absorbed into the queries instead (``perceiver.absorbed_attention``).
+    key and value projections are absorbed into the queries instead (``perceiver.absorbed_attention``);
+    where many narrow queries attend to few keys (HiP's head), the query and output projections are
+    folded into the keys and values (``perceiver.folded_attention``).
     """
 
     def __init__(
@@ -108,24 +110,30 @@ class CrossAttentionLayer(nn.Module):
         # queries every example shares (an expanded [N, q_dim] array: learned latents or output
         # queries) are normalised and projected once, not once per example
         shared = x_q.shape[0] > 1 and x_q.stride(0) == 0
-        q = self.q_norm(x_q[:1] if shared else x_q)
+        attended = self._attend(x_q[:1] if shared else x_q, x_kv, attention_mask, return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = attended + x_q if self.query_residual else attended
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, weights) if return_weights else x
+
+    def _attend(self, x_q: Tensor, x_kv: Tensor | ChunkedInput | PaddedInput,
+                attention_mask: Tensor | None, return_weights: bool) -> Tensor | tuple[Tensor, Tensor]:
+        """The attention's output for the un-normalised queries ``x_q``, by the path that fits."""
         streams = self.streams(x_kv.shape[1]) and not return_weights
         if isinstance(x_kv, PaddedInput) and (streams or return_weights) \
                 or isinstance(x_kv, ChunkedInput) and not streams:
             x_kv = x_kv.materialise()
         if streams:
-            attended = self.attention.forward_streamed(q, x_kv, self.kv_norm, attention_mask, self.chunk_size)
-        elif isinstance(x_kv, PaddedInput):
-            attended = self.attention.forward_padded(q, x_kv, self.kv_norm, attention_mask)
-        elif not return_weights and self.attention.absorbs(q, whole := PaddedInput.whole(x_kv),
-                                                           attention_mask):
-            attended = self.attention.forward_absorbed(q, whole, self.kv_norm)
-        else:
-            attended = self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
-        attended, weights = attended if return_weights else (attended, None)
-        x = attended + x_q if self.query_residual else attended
-        x = x + self.mlp(self.mlp_norm(x))
-        return (x, weights) if return_weights else x
+            return self.attention.forward_streamed(self.q_norm(x_q), x_kv, self.kv_norm, attention_mask,
+                                                   self.chunk_size)
+        if isinstance(x_kv, PaddedInput):
+            return self.attention.forward_padded(self.q_norm(x_q), x_kv, self.kv_norm, attention_mask)
+        if not return_weights and self.attention.folds(x_q, x_kv, attention_mask):
+            return self.attention.forward_folded(x_q, self.q_norm, self.kv_norm(x_kv))
+        q = self.q_norm(x_q)
+        if not return_weights and self.attention.absorbs(q, whole := PaddedInput.whole(x_kv), attention_mask):
+            return self.attention.forward_absorbed(q, whole, self.kv_norm)
+        return self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
 
     def streams(self, length: int) -> bool:
         """Whether a key/value array of ``length`` elements goes through in chunks (longer than
