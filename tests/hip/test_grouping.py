@@ -46,3 +46,19 @@ def test_grouping_round_trip_for_uneven_modalities(lengths, extra, channels):
 def test_more_modalities_than_groups_is_refused():
     with pytest.raises(ValueError, match=r"expected at most num_groups=2 modalities, got 3"):
         allocate_groups({"a": 4, "b": 4, "c": 4}, 2)
+
+
+def test_one_modality_that_needs_no_padding_is_grouped_as_a_view():
+    """No copy of a million-token input: its groups are its own storage, and its gradient arrives
+    unchanged; one that needs padding gets zeros, and its padding no gradient."""
+    layout = GroupLayout.plan({"signal": 64}, 4)
+    tokens = torch.randn(2, 64, 3, requires_grad=True)
+    grouped = layout.group({"signal": tokens})
+    assert grouped.data_ptr() == tokens.data_ptr() and torch.equal(grouped.flatten(1, 2), tokens)
+    padded_layout = GroupLayout.plan({"signal": 63}, 4)
+    short = torch.randn(2, 63, 3, requires_grad=True)
+    padded = padded_layout.group({"signal": short})
+    assert torch.equal(padded[:, -1, -1], torch.zeros(2, 3))
+    weights = torch.randn(padded.shape)
+    (padded * weights).sum().backward()
+    assert torch.equal(short.grad, weights.flatten(1, 2)[:, :63])
