@@ -23,11 +23,19 @@ the projected attention, up to rounding; gradients reach every parameter as befo
 The softmax runs jointly over all groups, as explicit matmuls over slices of the query rows with a
 hand-written backward pass that recomputes each slice's weights (nothing of size queries x keys
 is kept).
+
+A plain input whose normalised rows ``LN(x)`` are no wider than the keys and values of a head
+(HiP's first block: 128 latents per group over a million 32-wide tokens, projected to 32) takes a
+simpler form, ``absorbed_sdpa``: the queries ``s W_k^T q`` attend in the fused kernel to the
+normalised rows as keys and values (the query's ``q.b_k``, the same for every key, leaves the
+softmax unchanged), and ``W_v`` and ``b_v`` apply to the weighted average. No key or value is
+projected, for as many attention FLOPs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -58,6 +66,34 @@ def absorbed_pays(x_kv: PaddedInput, num_queries: int, num_heads: int, qk_dim: i
         absorbed += rows * 2 * num_heads * num_queries * (width + 4)
         projected += rows * (qk_dim + v_dim) * (width + num_queries)
     return 2 * absorbed <= projected and projected >= MIN_PROJECTED_MACS
+
+
+def absorbed_sdpa_pays(num_queries: int, num_keys: int, width: int, num_heads: int, qk_dim: int,
+                       v_dim: int) -> bool:
+    """Whether ``absorbed_sdpa`` pays: its attention over ``width`` channels per head costs no more
+    than over the projected keys and values (``2 H C <= qk + v``), and the keys are at least twice
+    as many as the queries, whose own products with ``W_k`` and ``W_v`` (``N C (qk + v)``) then
+    cost at most half the projections they replace (``M C (qk + v)``)."""
+    return 2 * num_heads * width <= qk_dim + v_dim and num_keys >= 2 * num_queries
+
+
+def absorbed_sdpa(q: Tensor, x: Tensor, k_proj: nn.Linear, v_proj: nn.Linear) -> Tensor:
+    """Softmax attention of ``q [B or 1, H, N, d]`` (projected queries) to the keys ``k_proj(x)``
+    and values ``v_proj(x)`` of the normalised input ``x [B, M, C]``, without projecting them:
+    the fused kernel on ``x`` itself. Returns the attended values ``[B, H, N, e]`` (before the
+    output projection)."""
+    heads = q.shape[1]
+    w_k = rearrange(k_proj.weight, "(h d) c -> h d c", h=heads)
+    w_v = rearrange(v_proj.weight, "(h e) c -> h e c", h=heads)
+    queries = torch.einsum("bhnd,hdc->bhnc", q * q.shape[-1] ** -0.5, w_k.to(q.dtype))
+    rows = x[:, None].expand(-1, heads, -1, -1).to(queries.dtype)
+    mean = F.scaled_dot_product_attention(queries.expand(x.shape[0], -1, -1, -1), rows, rows, scale=1.0)
+    out = torch.einsum("bhnc,hec->bhne", mean, w_v.to(mean.dtype))  # W_v sum_m A_m x_m
+    if v_proj.bias is not None:
+        out = out + rearrange(v_proj.bias, "(h e) -> h 1 e", h=heads).to(out.dtype)
+    if k_proj.bias is not None:  # its exact gradient, 0, keeps it in the graph (as DDP expects)
+        out = out + 0.0 * k_proj.bias.sum().to(out.dtype)
+    return out
 
 
 def absorbed_attention(q: Tensor, x_kv: PaddedInput, norm: nn.LayerNorm, k_proj: nn.Linear,

@@ -150,6 +150,20 @@ class MultiHeadAttention(nn.Module):
             and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
                                        self.v_proj.out_features)
 
+    def forward_absorbed_sdpa(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
+        """``forward(x_q, x_kv)`` with the key and value projections absorbed into the queries and
+        the output, attending in the fused kernel to ``x_kv`` itself (``absorbed_attention.
+        absorbed_sdpa``; no mask, no dropout)."""
+        q = self._heads(self.q_proj(x_q))
+        return self._output(absorbed.absorbed_sdpa(q, x_kv, self.k_proj, self.v_proj), None)
+
+    def absorbs_into_sdpa(self, x_q: Tensor, x_kv: Tensor, attention_mask: Tensor | None = None) -> bool:
+        """Whether ``forward_absorbed_sdpa`` pays for these arrays (``absorbed_sdpa_pays``; no mask,
+        no attention dropout)."""
+        return attention_mask is None and not (self.training and self.dropout > 0) \
+            and absorbed.absorbed_sdpa_pays(x_q.shape[1], x_kv.shape[1], x_kv.shape[-1], self.num_heads,
+                                            self.q_proj.out_features, self.v_proj.out_features)
+
     def forward_folded(self, x_q: Tensor, q_norm: nn.LayerNorm, x_kv: Tensor) -> Tensor:
         """``forward(q_norm(x_q), x_kv)`` with the query and output projections folded into the keys
         and values (``perceiver.folded_attention``; no mask, no dropout): ``x_q`` are the queries

@@ -133,7 +133,10 @@ class CrossAttentionLayer(nn.Module):
         q = self.q_norm(x_q)
         if not return_weights and self.attention.absorbs(q, whole := PaddedInput.whole(x_kv), attention_mask):
             return self.attention.forward_absorbed(q, whole, self.kv_norm)
-        return self.attention(q, self.kv_norm(x_kv), attention_mask, return_weights=return_weights)
+        x_kv = self.kv_norm(x_kv)
+        if not return_weights and self.attention.absorbs_into_sdpa(q, x_kv, attention_mask):
+            return self.attention.forward_absorbed_sdpa(q, x_kv)
+        return self.attention(q, x_kv, attention_mask, return_weights=return_weights)
 
     def streams(self, length: int) -> bool:
         """Whether a key/value array of ``length`` elements goes through in chunks (longer than

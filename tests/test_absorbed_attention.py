@@ -166,6 +166,7 @@ def test_a_cross_attention_layer_absorbs_a_plain_input_where_it_pays(monkeypatch
     _, weights = layer(x_q, x_kv, return_weights=True)
     assert calls == [1] and weights.shape == (2, 1, 5, 23)
     monkeypatch.setattr(absorbed, "absorbed_pays", lambda *a: False)
+    monkeypatch.setattr(absorbed, "absorbed_sdpa_pays", lambda *a: False)
     for a, e in zip(actual, run(), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
@@ -180,3 +181,69 @@ def test_a_bf16_model_gets_bf16_attended_values(monkeypatch):
     out = attention.to(bf16).forward_padded(torch.ones(1, 7, 16, dtype=bf16), x.to(bf16), norm.to(bf16))
     assert out.dtype == bf16
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("heads,shared,bias", [(1, False, True), (2, True, True), (2, False, False)])
+def test_absorbed_sdpa_layer_matches_projected_layer_in_float64(monkeypatch, heads, shared, bias):
+    """A plain input no wider than a head's keys and values (10 channels, heads of 24), many more
+    keys than queries: the layer's output and every gradient, the input's and the queries' too,
+    as with the projections (the keys' bias has a gradient of 0 in exact arithmetic: absorbed,
+    exactly 0, and still in the graph, as DistributedDataParallel expects; projected, rounding)."""
+    from perceiver.layers import CrossAttentionLayer
+
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 10, heads, qk_dim=24 * heads, v_dim=24 * heads).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    if not bias:
+        layer.attention.k_proj.bias = layer.attention.v_proj.bias = None
+    x_q = torch.randn(1 if shared else 3, 6, 16, dtype=F64, requires_grad=True)
+    x_kv = torch.randn(3, 40, 10, dtype=F64, requires_grad=True)
+    calls, original = [], absorbed.absorbed_sdpa
+    monkeypatch.setattr(absorbed, "absorbed_sdpa", lambda *a: calls.append(1) or original(*a))
+    params = [x_q, x_kv, *layer.parameters()]
+
+    def run():
+        out = layer(x_q.expand(3, -1, -1), x_kv)
+        weights = torch.randn(out.shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+        return [out.detach(), *torch.autograd.grad((out * weights).sum(), params)]
+
+    actual = run()
+    assert calls == [1]
+    if bias:
+        assert torch.count_nonzero(actual[3 + 7]) == 0  # attention.k_proj.bias, after out, x_q, x_kv
+    monkeypatch.setattr(absorbed, "absorbed_sdpa_pays", lambda *a: False)
+    expected = run()
+    assert calls == [1]
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12 * max(1.0, float(e.abs().max())))
+
+
+def test_absorbed_sdpa_pays_where_heads_are_no_narrower_and_keys_outnumber_queries(monkeypatch):
+    """HiP-16's first block (128 latents per group over 4,096 tokens of 32 channels, projected to
+    32) absorbs; config A's encoder (8 heads of 64 over 512 channels) and HiP's head (4,096 queries
+    over 128 latents) do not."""
+    assert absorbed.absorbed_sdpa_pays(128, 4096, 32, 1, 32, 32)
+    assert not absorbed.absorbed_sdpa_pays(256, 2048, 512, 8, 512, 512)
+    assert not absorbed.absorbed_sdpa_pays(4096, 128, 128, 1, 128, 128)
+    assert absorbed.absorbed_sdpa_pays(10, 20, 16, 2, 32, 32)
+    assert not absorbed.absorbed_sdpa_pays(10, 19, 16, 2, 32, 32)
+    assert not absorbed.absorbed_sdpa_pays(10, 20, 16, 2, 32, 31)
+
+
+def test_absorbed_sdpa_not_taken_with_a_mask_dropout_or_weights(monkeypatch):
+    from perceiver.layers import CrossAttentionLayer
+
+    layer = CrossAttentionLayer(16, 10, 1, qk_dim=24, v_dim=24).double()
+    x_q, x_kv = torch.randn(3, 6, 16, dtype=F64), torch.randn(3, 40, 10, dtype=F64)
+    calls = []
+    monkeypatch.setattr(layer.attention, "forward_absorbed_sdpa",
+                        lambda q, x: calls.append(1) or torch.zeros(3, 6, 16, dtype=F64))
+    layer(x_q, x_kv, torch.ones(3, 40, dtype=torch.bool))
+    layer(x_q, x_kv, return_weights=True)
+    layer.attention.dropout = 0.1
+    layer(x_q, x_kv)
+    assert calls == []
+    layer.eval()(x_q, x_kv)
+    assert calls == [1]

@@ -44,7 +44,9 @@ def test_gradients_reach_every_parameter(make, inputs):
     for name, p in model.named_parameters():
         if name.startswith("input_adapter.mask_tokens"):  # used only for masked modalities
             continue
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        # a key bias shifts every key's score alike, which softmax ignores: its exact gradient is 0
+        # (rounding when the keys are projected, exactly 0 when the projection is absorbed)
+        assert p.grad is not None and (p.grad.abs().sum() > 0 or name.endswith("k_proj.bias")), name
 
 
 @given(lengths=st.lists(st.integers(1, 40), min_size=2, max_size=3))

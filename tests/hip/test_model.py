@@ -59,7 +59,10 @@ def test_gradients_reach_every_parameter():
         optimizer.zero_grad()
         sum(v.square().mean() - (v * inputs[n]).mean() for n, v in model(inputs).logits.items()).backward()
         optimizer.step()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # a key bias shifts every key's score alike, which softmax ignores: its exact gradient is 0
+    # (rounding when the keys are projected, exactly 0 when the projection is absorbed)
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not (p.grad.abs().sum() > 0 or n.endswith("k_proj.bias"))]
     assert missing == []
 
 
