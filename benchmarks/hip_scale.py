@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/hip_scale.py                     # 64k, 256k, 1M elements
     .venv/bin/python benchmarks/hip_scale.py --lengths 65536 --repeats 1
-    .venv/bin/python benchmarks/hip_scale.py --models hip-16 --lengths 8388608 --repeats 1 \
-        --checkpointing --head-chunk-size 4096     # activation checkpointing, the head in chunks
+    MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python benchmarks/hip_scale.py --models hip-16 \
+        --lengths 25165824 --repeats 1 --checkpointing --head-chunk-size 4096
+                            # activation checkpointing, the head in chunks, glibc returning memory
 
 One input of M scalar elements (batch 1), reconstructed in full (masked auto-encoding's forward and
 backward with every element decoded). Each (model, M) runs in its own process: the median time of
@@ -12,7 +13,7 @@ or exceeds ``--timeout`` is reported as such. Each worker's data segment is limi
 (``RLIMIT_DATA``), so that a length that does not fit fails to allocate. The growth exponent is the
 log-log slope of time and memory from the smallest to the largest M that ran.
 
-- hip-16: ``build_hip("16", {"signal": (M, 1)})`` (99M parameters at 1M elements).
+- hip-16: ``build_hip("16", {"signal": (M, 1)})`` (133M parameters at 1M elements).
 - flat: Perceiver IO with 256 x 512 latents and 8 self-attention layers, raw samples with Fourier
   position features in, Fourier queries out (decoded in chunks of 65,536 queries).
 """

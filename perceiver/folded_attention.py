@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-# Smaller attentions keep the projections, like absorbed_attention's floor: the fold's extra small
-# ops (the keys' and values' products with W_q and W_o) cost more than they save there.
+# Smaller attentions keep the projections: absorbed_attention's floor, where small attentions'
+# extra ops were measured to cost more than they save. The fold itself was measured on HiP-16's
+# head, 2.7G projected multiply-adds at 64k elements and up (benchmarks: docs/benchmarks.md).
 MIN_PROJECTED_MACS = 2**29
 
 
@@ -55,11 +56,12 @@ def folded_attention(x_q: Tensor, q_norm: nn.LayerNorm, k: Tensor, v: Tensor, q_
     g = q_norm.weight if q_norm.weight is not None else x_q.new_ones(width)
     beta = q_norm.bias if q_norm.bias is not None else x_q.new_zeros(width)
     w_q = rearrange(q_proj.weight, "(h d) c -> h d c", h=heads)
-    keys = torch.einsum("bhmd,hdc->bhmc", k * k.shape[-1] ** -0.5, w_q.to(k.dtype))  # s W_q^T k
+    k = k * k.shape[-1] ** -0.5
+    keys = torch.einsum("bhmd,hdc->bhmc", k, w_q.to(k.dtype))  # s W_q^T k
     bias = keys @ beta.to(keys.dtype)
     if q_proj.bias is not None:
-        bias = bias + torch.einsum("bhmd,hd->bhm", k * k.shape[-1] ** -0.5,
-                                   rearrange(q_proj.bias, "(h d) -> h d", h=heads).to(k.dtype))
+        b_q = rearrange(q_proj.bias, "(h d) -> h d", h=heads)
+        bias = bias + torch.einsum("bhmd,hd->bhm", k, b_q.to(k.dtype))  # s b_q.k
     keys = keys * g.to(keys.dtype)
     keys = keys - keys.mean(-1, keepdim=True) + (bias / width)[..., None]
     w_o = rearrange(o_proj.weight, "o (h e) -> h o e", h=heads)
