@@ -145,7 +145,7 @@ class MultiHeadAttention(nn.Module):
     def absorbs(self, x_q: Tensor, x_kv: PaddedInput, attention_mask: Tensor | None = None) -> bool:
         """Whether ``forward_padded`` absorbs the projections for these arrays (see there)."""
         device = x_q.device.type
-        return attention_mask is None and not (self.training and self.dropout > 0) \
+        return self._plain_softmax(attention_mask) \
             and (device == "cpu" or not torch.is_autocast_enabled(device)) \
             and absorbed.absorbed_pays(x_kv, x_q.shape[1], self.num_heads, self.q_proj.out_features,
                                        self.v_proj.out_features)
@@ -160,7 +160,7 @@ class MultiHeadAttention(nn.Module):
     def absorbs_into_sdpa(self, x_q: Tensor, x_kv: Tensor, attention_mask: Tensor | None = None) -> bool:
         """Whether ``forward_absorbed_sdpa`` pays for these arrays (``absorbed_sdpa_pays``; no mask,
         no attention dropout)."""
-        return attention_mask is None and not (self.training and self.dropout > 0) \
+        return self._plain_softmax(attention_mask) \
             and absorbed.absorbed_sdpa_pays(x_q.shape[1], x_kv.shape[1], x_kv.shape[-1], self.num_heads,
                                             self.q_proj.out_features, self.v_proj.out_features)
 
@@ -175,11 +175,15 @@ class MultiHeadAttention(nn.Module):
         """Whether ``forward_folded`` pays for these arrays: no mask, no attention dropout, value
         heads as wide as the query heads (the fused kernel's condition on ``C`` and ``C_out``) and
         at most half the multiply-adds (``folded_attention.folding_pays``)."""
-        return attention_mask is None and not (self.training and self.dropout > 0) \
+        return self._plain_softmax(attention_mask) \
             and self.q_proj.in_features == self.o_proj.out_features \
             and folding_pays(x_kv.shape[0], x_q.shape[1], x_kv.shape[1], self.q_proj.in_features,
                              self.num_heads, self.q_proj.out_features, self.v_proj.out_features,
                              self.o_proj.out_features)
+
+    def _plain_softmax(self, attention_mask: Tensor | None) -> bool:
+        """No mask and no attention dropout: what the absorbed and folded forms need."""
+        return attention_mask is None and not (self.training and self.dropout > 0)
 
     def _attend(self, x_q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None,
                 return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -69,7 +69,8 @@ class CrossAttentionLayer(nn.Module):
     The key/value array may be a ``ChunkedInput``, computed a chunk at a time when streamed
     (computed whole otherwise), or a ``PaddedInput``, projected group by group. Where it takes at
     most half the FLOPs (few heads, narrow inputs: DeepMind's image and multimodal encoders), the
-    key and value projections are absorbed into the queries instead (``perceiver.absorbed_attention``);
+    key and value projections are absorbed into the queries instead (``perceiver.absorbed_attention``;
+    through the fused kernel for a plain input no wider than a head, as in HiP's encoder blocks);
     where many narrow queries attend to few keys (HiP's head), the query and output projections are
     folded into the keys and values (``perceiver.folded_attention``).
     """
