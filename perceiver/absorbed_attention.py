@@ -21,8 +21,9 @@ the projected attention, up to rounding; gradients reach every parameter as befo
 ``b_k`` and of the keys' share of ``b``, zero in exact arithmetic, come out as rounding).
 
 The softmax runs jointly over all groups, as explicit matmuls over slices of the query rows with a
-hand-written backward pass that recomputes each slice's weights (nothing of size queries x keys
-is kept).
+hand-written backward pass. A training step keeps the slices' weights for it where they take at
+most ``KEEP_WEIGHTS_BYTES`` in all; otherwise the backward pass recomputes each slice's weights
+(then, like the flash kernel, nothing of size queries x keys is kept).
 
 A plain input whose normalised rows ``LN(x)`` are no wider than the keys and values of a head
 (HiP's first block: 128 latents per group over a million 32-wide tokens, projected to 32) takes a
@@ -46,6 +47,9 @@ from perceiver.padded_input import PaddedInput, row_statistics
 # attention alone (784 queries, 52,097 rows 248/408 wide), forward + backward: 0.41 + 0.92 s in
 # slices of 2^22, 0.34 + 0.88 s in 2^23, 0.29 + 0.80 s in 2^24, 0.35 + 0.78 s in 2^25.
 SLICE_SCORES = 2**24
+# A training step keeps every slice's weights for the backward pass, instead of recomputing them,
+# when they take at most this many bytes in all (Kinetics' encoder at batch 1: 163 MB).
+KEEP_WEIGHTS_BYTES = 2**28
 # Smaller attentions keep the projections, however few FLOPs absorbing would take: the extra small
 # ops cost more than they save. HiP-16's blocks of 64-1,024 rows (at most 0.2 G multiply-adds
 # projected) made its 64k step 1.066x slower absorbed; the demo's encoder (32 x 306 rows, 1.06 G)
@@ -175,13 +179,17 @@ class _GroupedAttention(torch.autograd.Function):
         spans = _spans([z.shape[1] for z in rows])
         step = max(1, max_scores // spans[-1].start)
         out = [a.new_empty(batch, heads * n, a.shape[-1]) for a in queries]
+        size = batch * heads * n * spans[-1].start * rows[0].element_size()
+        kept = [] if any(ctx.needs_input_grad) and size <= KEEP_WEIGHTS_BYTES else None
         for b in range(batch):
             for r in range(0, heads * n, step):
                 weights = _weights(queries, rows, spans, b, slice(r, r + step))
                 for i, z in enumerate(rows):
                     torch.mm(weights[:, spans[i]], z[b], out=out[i][b, r:r + step])
+                if kept is not None:
+                    kept.append(weights)
         ctx.max_scores, ctx.spans = max_scores, spans
-        ctx.save_for_backward(*queries, *rows)
+        ctx.save_for_backward(*queries, *rows, *(kept or []))
         return tuple(rearrange(y, "b (h n) w -> b h n w", h=heads) for y in out)
 
     @staticmethod
@@ -189,7 +197,7 @@ class _GroupedAttention(torch.autograd.Function):
     def backward(ctx, *grads):
         count = len(grads)
         saved = ctx.saved_tensors  # read once: checkpointing's saved tensors unpack only once
-        queries, rows = saved[:count], saved[count:]
+        queries, rows, kept = saved[:count], saved[count:2 * count], iter(saved[2 * count:])
         spans = ctx.spans
         batch, (heads, n) = rows[0].shape[0], queries[0].shape[1:3]
         step = max(1, ctx.max_scores // spans[-1].start)
@@ -201,7 +209,9 @@ class _GroupedAttention(torch.autograd.Function):
         for b in range(batch):
             for r in range(0, heads * n, step):
                 part = slice(r, r + step)
-                weights = _weights(queries, rows, spans, b, part)
+                weights = next(kept, None)
+                if weights is None:  # not kept: recomputed
+                    weights = _weights(queries, rows, spans, b, part)
                 grad_weights = torch.empty_like(weights)
                 for i, z in enumerate(rows):
                     torch.mm(grads[i][b, part], z[b].T, out=grad_weights[:, spans[i]])

@@ -51,7 +51,11 @@ def projected(q, x, attention, norm):
 @pytest.mark.parametrize("max_scores", [None, 1, 40, 200])
 @pytest.mark.parametrize("heads,shared", [(1, True), (2, True), (2, False)])
 @pytest.mark.parametrize("affine,bias", [(True, True), (False, False)])
-def test_output_and_gradients_match_projected_attention_in_float64(max_scores, heads, shared, affine, bias):
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_output_and_gradients_match_projected_attention_in_float64(max_scores, heads, shared, affine, bias,
+                                                                   keep_weights, monkeypatch):
+    """With the slices' weights kept for the backward pass, and recomputed there."""
+    monkeypatch.setattr(absorbed, "KEEP_WEIGHTS_BYTES", 2**28 if keep_weights else 0)
     x, attention, norm, params = setup(heads, affine, bias)
     x_q = torch.randn(1 if shared else 3, 7, 16, dtype=F64, requires_grad=True)
     params = [*params, x_q]
@@ -247,3 +251,20 @@ def test_absorbed_sdpa_not_taken_with_a_mask_dropout_or_weights(monkeypatch):
     assert calls == []
     layer.eval()(x_q, x_kv)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("max_scores", [None, 40])
+def test_weights_are_kept_within_the_budget_and_recomputed_beyond_it(monkeypatch, max_scores):
+    """Kept: autograd holds every slice's weights, 3 examples x 2 heads x 7 queries x the groups'
+    columns, each group's rounded up to 16 (11, 1, 17, 3 -> 16 + 16 + 32 + 16), in float64;
+    recomputed: none of them."""
+    from tests.test_layers import saved_bytes
+
+    x, attention, norm, _ = setup(heads=2)
+    q = torch.randn(3, 2, 7, 4, dtype=F64, requires_grad=True)
+    sizes = {}
+    for budget in (2**28, 0):
+        monkeypatch.setattr(absorbed, "KEEP_WEIGHTS_BYTES", budget)
+        _, sizes[budget] = saved_bytes(lambda: absorbed.absorbed_attention(q, x, norm, attention.k_proj,
+                                                                           attention.v_proj, max_scores))
+    assert sizes[2**28] - sizes[0] == 3 * 2 * 7 * (16 + 16 + 32 + 16) * 8
