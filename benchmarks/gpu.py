@@ -4,14 +4,17 @@ against the device's own bf16 matmul rate and against transformers' Perceiver, i
     PYTHONPATH=. python3 benchmarks/gpu.py --out gpu.json     # on the machine with the GPU
     .venv/bin/python benchmarks/gpu.py --device cpu --configs A --repeats 2   # a dry run here
 
-Rows: config A (this package) and config B at M = 32k and 131k (this package and transformers;
+Rows: config A (this package), config B at M = 32k and 131k (this package and transformers) and
+HiP-16 at 1M elements (this package: its folded head and absorbed encoder blocks on the device;
 benchmarks/run.py's CONFIGS and builders). Each: forward+backward under bf16 autocast (the median
 of ``--repeats`` synchronised steps after 3 warm-ups), tokens/s (batch x M per second), peak
 memory allocated on the device, model FLOPs per step (benchmarks/flops.py; streamed
 cross-attentions counted whole, without their recomputation) and model FLOPs utilisation: their
 rate over the device's measured bf16 matmul rate (8192^3, median of 10). Checks, printed first:
-the bf16 loss against the fp32 loss of the same step, and this package's streamed cross-attention
-against attention over the whole input in fp32 (off the CPU each chunk runs the explicit softmax).
+the bf16 loss against the fp32 loss of the same step (0 for HiP, whose reconstructions start at
+zero), this package's streamed cross-attention against attention over the whole input in fp32 (off
+the CPU each chunk runs the explicit softmax), and HiP's folded head and absorbed encoder blocks
+against the projections they replace (fp32).
 Targets of the performance issue: config A's bf16 step at >= 50% of the matmul rate, and B-32k at
 >= 3x transformers' step.
 """
@@ -31,7 +34,7 @@ from flops import count_flops  # noqa: E402
 from impls import BUILDERS  # noqa: E402
 from run import CONFIGS, inputs, timed  # noqa: E402
 
-ROWS = {"A": ("ours",), "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf")}
+ROWS = {"A": ("ours",), "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf"), "HiP-16-1M": ("ours",)}
 
 
 def synchronised(device: torch.device, fn):
@@ -69,6 +72,33 @@ def streamed_check(device: torch.device) -> float:
         results.append([logits.detach()] + [p.grad for p in model.parameters()])
     streamed, whole = (torch.cat([t.flatten() for t in r]) for r in (results[1], results[0]))
     return float(torch.linalg.vector_norm(streamed - whole) / torch.linalg.vector_norm(whole))
+
+
+def folded_check(device: torch.device) -> float:
+    """The relative difference ``||a - b|| / ||b||`` between a HiP mini over 8,192 elements with its
+    head folded and its encoder blocks absorbed (perceiver/folded_attention.py,
+    absorbed_attention.absorbed_sdpa) and the same model with every projection applied (fp32),
+    over its reconstructions and every gradient taken together."""
+    import perceiver.absorbed_attention as absorbed
+    import perceiver.attention as attention
+    from perceiver.hip import build_hip
+
+    results, rules = [], (attention.folding_pays, absorbed.absorbed_sdpa_pays)
+    for shortcuts in (True, False):
+        if not shortcuts:
+            attention.folding_pays = absorbed.absorbed_sdpa_pays = lambda *args: False
+        torch.manual_seed(0)
+        model = build_hip("mini", {"signal": (8192, 1)}).to(device)
+        with torch.no_grad():
+            for linear in model.unembed.values():
+                linear.weight.normal_()
+        x = torch.randn(2, 8192, 1, generator=torch.Generator().manual_seed(1)).to(device)
+        out = model({"signal": x}).logits["signal"]
+        out.square().sum().backward()
+        results.append([out.detach()] + [p.grad for p in model.parameters()])
+    attention.folding_pays, absorbed.absorbed_sdpa_pays = rules
+    shortcut, projected = (torch.cat([t.flatten() for t in r]) for r in results)
+    return float(torch.linalg.vector_norm(shortcut - projected) / torch.linalg.vector_norm(projected))
 
 
 def measure(impl: str, config: str, device: torch.device, repeats: int, rate: float) -> dict:
@@ -114,7 +144,8 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rate = matmul_rate(device)
     result = {"device": name, "torch": torch.__version__, "bf16_matmul_tflops": rate / 1e12,
-              "streamed_vs_whole_fp32": streamed_check(device), "rows": []}
+              "streamed_vs_whole_fp32": streamed_check(device),
+              "folded_and_absorbed_vs_projected_fp32": folded_check(device), "rows": []}
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     for config in args.configs:
         for impl in ROWS[config]:

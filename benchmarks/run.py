@@ -74,14 +74,14 @@ def peer_env(impl: str) -> dict:
 
 def inputs(spec: dict, generator: torch.Generator, device: str | torch.device = "cpu"):
     """(model input, loss function of the output) for one step of ``spec``, drawn on the CPU by
-    ``generator`` (the same numbers on every device) and moved to ``device`` (byte configs only)."""
+    ``generator`` (the same numbers on every device) and moved to ``device`` (byte and HiP configs)."""
     import torch.nn.functional as F
 
     if spec["kind"] == "kinetics":  # 16 x 224 x 224 video, 30,720 audio samples, a label (masked)
         return kinetics_inputs(spec["batch"], generator)
     b, m = spec["batch"], spec["length"]
     if spec["kind"] == "hip":
-        signal = torch.randn(b, m, 1, generator=generator)
+        signal = torch.randn(b, m, 1, generator=generator).to(device)
         return signal, lambda out: (out.float() - signal).square().mean()
     ids = torch.randint(0, 262, (b, m), generator=generator).to(device)
     if spec["kind"] == "mlm":
