@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402
@@ -53,6 +54,12 @@ def matmul_rate(device: torch.device, n: int = 8192) -> float:
     return 2 * n**3 / statistics.median(timed(synchronised(device, lambda: a @ b), 10, warmup=3))
 
 
+def relative_difference(actual: list[Tensor], expected: list[Tensor]) -> float:
+    """``||a - b|| / ||b||`` over all the tensors of ``actual`` and ``expected`` taken together."""
+    a, b = (torch.cat([t.flatten() for t in ts]) for ts in (actual, expected))
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
 def streamed_check(device: torch.device) -> float:
     """The relative difference ``||a - b|| / ||b||`` between a byte classifier streamed in chunks of
     1,024 and the same one attending to all 4,096 bytes at once (fp32), over its logits and every
@@ -70,8 +77,7 @@ def streamed_check(device: torch.device) -> float:
         logits = model(ids).logits
         logits.square().sum().backward()
         results.append([logits.detach()] + [p.grad for p in model.parameters()])
-    streamed, whole = (torch.cat([t.flatten() for t in r]) for r in (results[1], results[0]))
-    return float(torch.linalg.vector_norm(streamed - whole) / torch.linalg.vector_norm(whole))
+    return relative_difference(results[1], results[0])
 
 
 def folded_check(device: torch.device) -> float:
@@ -84,21 +90,22 @@ def folded_check(device: torch.device) -> float:
     from perceiver.hip import build_hip
 
     results, rules = [], (attention.folding_pays, absorbed.absorbed_sdpa_pays)
-    for shortcuts in (True, False):
-        if not shortcuts:
-            attention.folding_pays = absorbed.absorbed_sdpa_pays = lambda *args: False
-        torch.manual_seed(0)
-        model = build_hip("mini", {"signal": (8192, 1)}).to(device)
-        with torch.no_grad():
-            for linear in model.unembed.values():
-                linear.weight.normal_()
-        x = torch.randn(2, 8192, 1, generator=torch.Generator().manual_seed(1)).to(device)
-        out = model({"signal": x}).logits["signal"]
-        out.square().sum().backward()
-        results.append([out.detach()] + [p.grad for p in model.parameters()])
-    attention.folding_pays, absorbed.absorbed_sdpa_pays = rules
-    shortcut, projected = (torch.cat([t.flatten() for t in r]) for r in results)
-    return float(torch.linalg.vector_norm(shortcut - projected) / torch.linalg.vector_norm(projected))
+    try:
+        for shortcuts in (True, False):
+            if not shortcuts:
+                attention.folding_pays = absorbed.absorbed_sdpa_pays = lambda *args: False
+            torch.manual_seed(0)
+            model = build_hip("mini", {"signal": (8192, 1)}).to(device)
+            with torch.no_grad():
+                for linear in model.unembed.values():
+                    linear.weight.normal_()
+            x = torch.randn(2, 8192, 1, generator=torch.Generator().manual_seed(1)).to(device)
+            out = model({"signal": x}).logits["signal"]
+            out.square().sum().backward()
+            results.append([out.detach()] + [p.grad for p in model.parameters()])
+    finally:
+        attention.folding_pays, absorbed.absorbed_sdpa_pays = rules
+    return relative_difference(results[0], results[1])
 
 
 def measure(impl: str, config: str, device: torch.device, repeats: int, rate: float) -> dict:

@@ -11,6 +11,7 @@ from torch import nn
 from perceiver import absorbed_attention as absorbed
 from perceiver.attention import MultiHeadAttention
 from perceiver.padded_input import PaddedInput
+from tests.test_folded_attention import assert_same
 
 F64 = torch.float64
 
@@ -220,8 +221,7 @@ def test_absorbed_sdpa_layer_matches_projected_layer_in_float64(monkeypatch, hea
     monkeypatch.setattr(absorbed, "absorbed_sdpa_pays", lambda *a: False)
     expected = run()
     assert calls == [1]
-    for a, e in zip(actual, expected, strict=True):
-        torch.testing.assert_close(a, e, rtol=0, atol=1e-12 * max(1.0, float(e.abs().max())))
+    assert_same(actual, expected, 1e-12)
 
 
 def test_absorbed_sdpa_pays_where_heads_are_no_narrower_and_keys_outnumber_queries(monkeypatch):
