@@ -4,9 +4,12 @@ against the device's own bf16 matmul rate and against transformers' Perceiver, i
     PYTHONPATH=. python3 benchmarks/gpu.py --out gpu.json     # on the machine with the GPU
     .venv/bin/python benchmarks/gpu.py --device cpu --configs A --repeats 2   # a dry run here
 
-Rows: config A (this package), config B at M = 32k and 131k (this package and transformers) and
-HiP-16 at 1M elements (this package: its folded head and absorbed encoder blocks on the device;
-benchmarks/run.py's CONFIGS and builders). Each: forward+backward under bf16 autocast (the median
+Rows: config A (this package eager, under ``torch.compile`` and under ``torch.compile`` with CUDA
+graphs, ``mode="reduce-overhead"``), the same at batch 64 (``A-b64``: at batch 4 a step is ~0.2
+TFLOP, well under a millisecond of an H100's matmul rate, so kernel launches set its pace), config
+B at M = 32k and 131k (this package and transformers) and HiP-16 at 1M elements (this package: its
+folded head and absorbed encoder blocks on the device; benchmarks/run.py's CONFIGS and builders).
+Each: forward+backward under bf16 autocast (the median
 of ``--repeats`` synchronised steps after 3 warm-ups), tokens/s (batch x M per second), peak
 memory allocated on the device, model FLOPs per step (benchmarks/flops.py; streamed
 cross-attentions counted whole, without their recomputation) and model FLOPs utilisation: their
@@ -16,7 +19,9 @@ zero), this package's streamed cross-attention against attention over the whole 
 the CPU each chunk runs the explicit softmax), and HiP's folded head and absorbed encoder blocks
 against the projections they replace (fp32).
 Targets of the performance issue: config A's bf16 step at >= 50% of the matmul rate, and B-32k at
->= 3x transformers' step.
+>= 3x transformers' step. One call may take longer than a lent machine's 10-minute limit per
+command (each compiled row compiles first); ``--configs A A-b64`` and ``--configs B-32k B-131k
+HiP-16-1M`` split it in two.
 """
 
 from __future__ import annotations
@@ -35,7 +40,26 @@ from flops import count_flops  # noqa: E402
 from impls import BUILDERS  # noqa: E402
 from run import CONFIGS, inputs, timed  # noqa: E402
 
-ROWS = {"A": ("ours",), "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf"), "HiP-16-1M": ("ours",)}
+COMPILED = ("ours", "ours-compiled", "ours-cudagraphs")
+ROWS = {"A": COMPILED, "A-b64": COMPILED, "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf"),
+        "HiP-16-1M": ("ours",)}
+SPECS = CONFIGS | {"A-b64": dict(CONFIGS["A"], batch=64)}
+
+
+def build(impl: str, spec: dict):
+    """run.py's builders, and ``ours-cudagraphs``: this package under ``torch.compile`` with
+    ``mode="reduce-overhead"`` (CUDA graphs), its FLOPs counted on the eager forward."""
+    if impl != "ours-cudagraphs":
+        return BUILDERS[impl](spec)
+    model, eager = BUILDERS["ours"](spec)
+    compiled = torch.compile(model, mode="reduce-overhead")
+
+    def run(x):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x).logits
+
+    run.eager, run.streamed = eager, eager.streamed
+    return model, run
 
 
 def synchronised(device: torch.device, fn):
@@ -109,9 +133,9 @@ def folded_check(device: torch.device) -> float:
 
 
 def measure(impl: str, config: str, device: torch.device, repeats: int, rate: float) -> dict:
-    spec = CONFIGS[config]
+    spec = SPECS[config]
     torch.manual_seed(0)
-    model, run = BUILDERS[impl](spec)
+    model, run = build(impl, spec)
     model.to(device).train()
     x, loss_of = inputs(spec, torch.Generator().manual_seed(0), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
@@ -133,8 +157,9 @@ def measure(impl: str, config: str, device: torch.device, repeats: int, rate: fl
     for layer in getattr(run, "streamed", []):  # counted whole
         layer.chunk_size = None
     model.zero_grad(set_to_none=True)
+    eager = getattr(run, "eager", run)  # the counter does not see inside compiled code
     with autocast:
-        flop = count_flops(lambda: loss_of(run(x)).backward())
+        flop = count_flops(lambda: loss_of(eager(x)).backward())
     return {"impl": impl, "config": config, "step_s": seconds,
             "tokens_per_s": spec["batch"] * spec["length"] / seconds, "peak_gb": peak, "flop": flop,
             "mfu": flop / seconds / rate, "loss_rel_diff": abs(bf16 - fp32) / abs(fp32)}
