@@ -7,7 +7,9 @@ It has ``output_dim`` (C), and ``num_positions`` (M) when M is fixed by its conf
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -15,9 +17,24 @@ from torch import Tensor
 MAX_INPUT_MAGNITUDE = 1e18  # LayerNorm squares its inputs: float32 holds squares up to ~3e38
 
 
+def eager_under_compile(fn):
+    """``fn``, run eagerly where torch.compile traces its caller (``torch.compiler.disable``). That
+    wrapper imports ``torch._dynamo`` (0.8 s and ~120 MB, sympy and triton among it), so it is built
+    on the first call after torch.compile has loaded it: a model never compiled never imports it."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None and "torch._dynamo" in sys.modules:
+            disabled = torch.compiler.disable(fn)
+        return (fn if disabled is None else disabled)(*args, **kwargs)
+    return call
+
+
 # Eager, outside compiled graphs: it reads the values (a graph break anyway), and traced by
 # torch.compile in a multimodal model the label's rank check raised on a valid [B, 10] tensor.
-@torch.compiler.disable
+@eager_under_compile
 def check_tensor(name: str, value, rank: int | tuple[int, ...], floating: bool | None = None):
     """Raise ``ValueError`` unless ``value`` is a tensor of the given rank(s) and dtype kind, and,
     if floating-point, holds only finite values up to ``MAX_INPUT_MAGNITUDE``."""
