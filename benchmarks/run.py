@@ -133,7 +133,6 @@ def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
     """One implementation and configuration in this process; ``mode`` "bench" measures everything,
     "train" / "infer" run one step (the --largest trials)."""
     sys.path.insert(0, str(HERE))
-    from flops import count_flops
     from impls import BUILDERS
 
     spec = CONFIGS[config.split("@")[0]]
@@ -169,6 +168,8 @@ def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
     row["train_s"] = timed(step, repeats)
     row["infer_s"] = timed(infer, repeats)
     row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    from flops import count_flops  # after the peak: torch's FLOP counter takes ~50 MB to import
+
     counted = getattr(run, "eager", run)  # the FLOP counter does not see inside compiled code
     for layer in getattr(run, "streamed", []):  # counted whole, after the peak RSS is taken
         layer.chunk_size = None
