@@ -27,6 +27,7 @@ HiP-16-1M`` split it in two.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -37,29 +38,14 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402
-from impls import BUILDERS  # noqa: E402
+from impls import BUILDERS, ours_compiled  # noqa: E402
 from run import CONFIGS, inputs, timed  # noqa: E402
 
 COMPILED = ("ours", "ours-compiled", "ours-cudagraphs")
 ROWS = {"A": COMPILED, "A-b64": COMPILED, "B-32k": ("ours", "hf"), "B-131k": ("ours", "hf"),
         "HiP-16-1M": ("ours",)}
 SPECS = CONFIGS | {"A-b64": dict(CONFIGS["A"], batch=64)}
-
-
-def build(impl: str, spec: dict):
-    """run.py's builders, and ``ours-cudagraphs``: this package under ``torch.compile`` with
-    ``mode="reduce-overhead"`` (CUDA graphs), its FLOPs counted on the eager forward."""
-    if impl != "ours-cudagraphs":
-        return BUILDERS[impl](spec)
-    model, eager = BUILDERS["ours"](spec)
-    compiled = torch.compile(model, mode="reduce-overhead")
-
-    def run(x):
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(x).logits
-
-    run.eager, run.streamed = eager, eager.streamed
-    return model, run
+BUILDS = BUILDERS | {"ours-cudagraphs": functools.partial(ours_compiled, mode="reduce-overhead")}
 
 
 def synchronised(device: torch.device, fn):
@@ -135,7 +121,7 @@ def folded_check(device: torch.device) -> float:
 def measure(impl: str, config: str, device: torch.device, repeats: int, rate: float) -> dict:
     spec = SPECS[config]
     torch.manual_seed(0)
-    model, run = build(impl, spec)
+    model, run = BUILDS[impl](spec)
     model.to(device).train()
     x, loss_of = inputs(spec, torch.Generator().manual_seed(0), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
