@@ -6,6 +6,8 @@ residual is optional, as in Perceiver IO decoders whose queries and outputs mean
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiver.attention import MultiHeadAttention
 from perceiver.padded_input import PaddedInput
+from perceiver.recomputed_chunks import recomputed_chunks
 from perceiver.streamed_attention import ChunkedInput
 
 
@@ -222,13 +225,22 @@ def checkpointed(module: nn.Module, *args, enabled: bool):
 def attend_in_chunks(layer: CrossAttentionLayer, queries: Tensor, x_kv: Tensor, chunk_size: int | None,
                      checkpointing: bool) -> Tensor:
     """``layer(queries, x_kv)`` for at most ``chunk_size`` queries ``[B, O, q_dim]`` at a time (the
-    same outputs). With ``checkpointing`` a training step keeps only the chunks' outputs and
-    recomputes each chunk in the backward pass, one at a time; a single chunk is not checkpointed
-    (recomputed right after its forward pass, it would save nothing)."""
+    same outputs). With ``checkpointing``, a training step keeps only ``queries`` and ``x_kv``. The
+    backward pass then recomputes each chunk, one at a time (``perceiver.recomputed_chunks``).
+    A single chunk is not checkpointed: recomputed right after its forward pass, it would save
+    nothing. A layer sharded by FSDP2 is checkpointed chunk by chunk through
+    ``torch.utils.checkpoint``, so that its hooks see each chunk's call."""
     if chunk_size is None or queries.shape[1] <= chunk_size:
         return layer(queries, x_kv)
+    if checkpointing and layer.training and torch.is_grad_enabled() and not _sharded(layer):
+        return recomputed_chunks(layer, queries, x_kv, chunk_size)
     return torch.cat([checkpointed(layer, part, x_kv, enabled=checkpointing)
                       for part in queries.split(chunk_size, dim=1)], dim=1)
+
+
+def _sharded(module: nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # imported by whoever sharded it
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
 
 
 def set_checkpointing(model: nn.Module, enabled: bool) -> None:
