@@ -79,3 +79,26 @@ def test_only_the_inputs_and_parameters_are_kept_and_not_without_gradients():
     assert kept - weights < (plain - weights) / 4
     with torch.no_grad():  # and in eval mode or without gradients, plain chunks (nothing kept)
         torch.testing.assert_close(attend_in_chunks(layer, queries, x_kv, 16, True), layer(queries, x_kv))
+
+
+def test_a_layer_sharded_by_fsdp2_is_checkpointed_chunk_by_chunk_with_its_gradients(tmp_path):
+    """FSDP2 gathers a sharded layer's weights in hooks around each call; the recomputing Function
+    would take the gradients of weights its backward pass never sees (they stay None)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    plain, sharded = (CrossAttentionLayer(16, 10, num_heads=2).train() for _ in range(2))
+    sharded.load_state_dict(plain.state_dict())
+    queries, x_kv = torch.randn(2, 40, 16), torch.randn(2, 7, 10)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        fully_shard(sharded.train())
+        whole = gradients(plain, plain, queries, x_kv)
+        chunked = gradients(sharded, lambda q, kv: attend_in_chunks(sharded, q, kv, 16, True), queries, x_kv)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(chunked[0], whole[0])
+    for got, expected in zip(chunked[1], whole[1], strict=True):
+        assert got is not None
+        torch.testing.assert_close(got.full_tensor() if hasattr(got, "full_tensor") else got, expected)
