@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/hip_scale.py --lengths 65536 --repeats 1
     MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python benchmarks/hip_scale.py --models hip-16 \
         --lengths 25165824 --repeats 1 --checkpointing --head-chunk-size 4096
-                            # activation checkpointing, the head in chunks, glibc returning memory
-                            # (for more time; THP_MEM_ALLOC_ENABLE=1 takes back some of it)
+                            # activation checkpointing, the head in chunks, and glibc returning
+                            # freed memory at once: for more time, needed at this length only
+                            # (THP_MEM_ALLOC_ENABLE=1 takes back some of the time)
 
 One input of M scalar elements (batch 1), reconstructed in full (masked auto-encoding's forward and
 backward with every element decoded). Each (model, M) runs in its own process: the median time of
