@@ -11,7 +11,8 @@ For each, with checkpointing off and on (``perceiver.set_checkpointing``, as
 
 - **memory**: in a fresh process per setting, the peak RSS of two training steps above the RSS
   before them (the model, its inputs and the interpreter; the peak is reset after building, through
-  ``/proc/self/clear_refs``). glibc's mmap threshold is pinned at
+  ``/proc/self/clear_refs``; ``torch._dynamo``, which ``torch.utils.checkpoint`` imports on first
+  use, is imported before that). glibc's mmap threshold is pinned at
   128 KiB (``MALLOC_MMAP_THRESHOLD_``), so that freed tensors go back to the system and RSS follows
   the live tensors: under the default allocator freed memory stays in the heap and the peak RSS of
   the language perceiver's step over-states its live peak by ~0.9 GB.
@@ -73,6 +74,8 @@ def rss_gb(field: str = "VmRSS") -> float:
 
 
 def memory_worker(case: str, enabled: bool) -> dict:
+    import torch._dynamo  # noqa: F401  torch.utils.checkpoint imports it on first use (~120 MB, once)
+
     model, step = build(case)
     set_checkpointing(model, enabled)
     with open("/proc/self/clear_refs", "w") as f:  # the peak restarts here, after building
