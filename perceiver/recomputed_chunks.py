@@ -10,9 +10,10 @@ the same, but autograd would hold every chunk's query gradient until the last on
 split's backward concatenates them). Those gradients would sit between the chunks' recomputed
 temporaries. On CPU, glibc then cannot give that memory back.
 
-For HiP-16 at 2M positions (head chunks of 4,096), the peak RSS was 7.6 GB checkpointed, against
-5.0 GB without checkpointing. Here each chunk's query gradient goes into one buffer as it comes, and
-the peak is 3.4 GB. Each chunk's random numbers (dropout) are replayed.
+Here each chunk's query gradient goes into one buffer as it comes. For HiP-16 at 2M positions
+(head chunks of 4,096), the peak RSS of a checkpointed step fell from 5.8 GB to 3.3 GB; without
+checkpointing it is 5.1 GB (docs/benchmarks.md, "Activation checkpointing"). Each chunk's random
+numbers (dropout) and autocast state are replayed.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ class _RecomputedChunks(torch.autograd.Function):
 
 
 def recomputed_chunks(layer: nn.Module, queries: Tensor, x_kv: Tensor, chunk_size: int) -> Tensor:
-    """``layer(queries, x_kv)`` for queries ``[B, O, q_dim]``, ``chunk_size`` at a time, keeping only
-    ``queries`` and ``x_kv`` for the backward pass. That pass recomputes one chunk at a time. The
-    outputs and gradients are those of the whole call."""
+    """``layer(queries, x_kv)`` for queries ``[B, O, q_dim]`` over ``x_kv [B, M, kv_dim]``,
+    ``chunk_size`` queries at a time; output ``[B, O, q_dim]``. Only ``queries``, ``x_kv`` and
+    the layer's parameters are kept for the backward pass, which recomputes one chunk at a time.
+    The outputs and gradients are those of the whole call, up to the order of the chunks' sums."""
     params = [p for p in layer.parameters() if p.requires_grad]
     return _RecomputedChunks.apply(layer, chunk_size, queries, x_kv, *params)
