@@ -48,6 +48,7 @@ class _RecomputedChunks(torch.autograd.Function):
     def backward(ctx, grad):
         queries, x_kv, *params = ctx.saved_tensors
         device, autocast, dtype = ctx.autocast
+        rng_device = "cuda" if device == "cpu" else device  # the device RNGs forked besides the CPU's
         wants_q, wants_kv, *wants_params = ctx.needs_input_grad[2:]
         trained = [i for i, wanted in enumerate(wants_params) if wanted]
         dq = torch.empty_like(queries, memory_format=torch.contiguous_format) if wants_q else None
@@ -57,7 +58,6 @@ class _RecomputedChunks(torch.autograd.Function):
             part = slice(i * ctx.chunk_size, (i + 1) * ctx.chunk_size)
             q = queries[:, part].detach().requires_grad_(wants_q)
             kv = x_kv.detach().requires_grad_(wants_kv)
-            rng_device = "cuda" if device == "cpu" else device
             with torch.random.fork_rng(devices=devices, device_type=rng_device), torch.enable_grad(), \
                     torch.autocast(device, dtype=dtype, enabled=autocast):
                 torch.set_rng_state(cpu_state)
