@@ -95,8 +95,8 @@ def test_slice_weights_are_kept_only_for_a_backward_pass(monkeypatch, grad):
     holds one slice of weights at a time, not the whole attention; with gradients all are kept."""
     softmax, weights = torch.softmax, []
 
-    def recording(x, dim):
-        out = softmax(x, dim)
+    def recording(x, dim, **kwargs):
+        out = softmax(x, dim, **kwargs)
         weights.append(weakref.ref(out))
         return out
 
