@@ -58,10 +58,12 @@ def synchronised(device: torch.device, fn):
 
 
 def matmul_rate(device: torch.device, n: int = 8192) -> float:
-    """The device's bf16 matmul rate, FLOP/s (CPU: 4096^3)."""
+    """The device's bf16 matmul rate, FLOP/s (CPU: 4096^3), into a preallocated output (as
+    ``run.matmul_peak``)."""
     n = n if device.type == "cuda" else 4096
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    return 2 * n**3 / statistics.median(timed(synchronised(device, lambda: a @ b), 10, warmup=3))
+    a, b, out = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(3))
+    product = synchronised(device, lambda: torch.mm(a, b, out=out))
+    return 2 * n**3 / statistics.median(timed(product, 10, warmup=3))
 
 
 def relative_difference(actual: list[Tensor], expected: list[Tensor]) -> float:
