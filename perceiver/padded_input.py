@@ -97,7 +97,7 @@ def row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Te
     dtype = torch.promote_types(f.dtype, torch.float32)  # statistics in at least float32
     f, p = f.to(dtype), p.to(dtype)
     if f.numel():
-        var_f, mean_f = torch.var_mean(f, dim=-1, correction=0)
+        var_f, mean_f = _var_mean(f)
     else:
         var_f = mean_f = f.new_zeros(f.shape[:2])
     mean_p = p.mean() if n_p else p.new_zeros(())
@@ -107,6 +107,21 @@ def row_statistics(f: Tensor, p: Tensor, eps: float) -> tuple[Tensor, Tensor, Te
     rstd = torch.rsqrt(var + eps)
     factors = torch.stack([rstd, -rstd * (mu - mu.detach()), -rstd * mu], dim=-1)
     return mu, rstd, factors
+
+
+def _var_mean(f: Tensor, block_rows: int = 4096) -> tuple[Tensor, Tensor]:
+    """``torch.var_mean(f, dim=-1, correction=0)``; where ``f`` needs no gradient (data features),
+    two exact passes over blocks of rows that stay in cache. torch's kernel updates a running
+    variance per element: 37-39 ms for Kinetics' 50,176 x 243 video rows, against 4 ms here."""
+    if f.requires_grad and torch.is_grad_enabled():
+        return torch.var_mean(f, dim=-1, correction=0)
+    rows = f.reshape(-1, f.shape[-1])
+    mean = rows.mean(-1)
+    var = torch.empty_like(mean)
+    for start in range(0, rows.shape[0], block_rows):
+        block = slice(start, start + block_rows)
+        torch.sum((rows[block] - mean[block, None]).square_(), -1, out=var[block])
+    return var.div_(f.shape[-1]).view(f.shape[:-1]), mean.view(f.shape[:-1])
 
 
 def _or_zero(x: Tensor | None) -> Tensor | float:

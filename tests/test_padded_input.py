@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import perceiver.model as model_module
 from perceiver import PerceiverIO, absorbed_attention, set_checkpointing
-from perceiver.padded_input import PaddedInput
+from perceiver.padded_input import PaddedInput, _var_mean
 from tests.inputs.test_multimodal import make
 
 F64 = torch.float64
@@ -23,6 +23,26 @@ def groups(features_require_grad: bool):
     feats = [torch.randn(2, 9, 5, dtype=F64) * 3 + 40, torch.zeros(2, 1, 0, dtype=F64),
              torch.randn(2, 4, 12, dtype=F64, requires_grad=features_require_grad)]
     return PaddedInput(tuple(zip(feats, pads, strict=True))), pads, feats
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_row_variance_and_mean_match_float64_across_blocks(requires_grad):
+    """Data rows (mean 1e4, std 1: a one-pass sum of squares would cancel) in blocks of 4 rows,
+    the last one partial; rows that need a gradient take torch.var_mean and get its gradient."""
+    torch.manual_seed(0)
+    f = (torch.randn(2, 9, 7) + 1e4).requires_grad_(requires_grad)
+    var, mean = _var_mean(f, block_rows=4)
+    want_var, want_mean = torch.var_mean(f.detach().double(), dim=-1, correction=0)
+    assert var.shape == mean.shape == (2, 9)
+    torch.testing.assert_close(var.double(), want_var, rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.double(), want_mean, rtol=1e-7, atol=0)
+    if requires_grad:
+        g_var, g_mean = torch.randn(2, 9), torch.randn(2, 9)
+        (grad,) = torch.autograd.grad((var * g_var).sum() + (mean * g_mean).sum(), f)
+        x = f.detach().double().requires_grad_()
+        want_v, want_m = torch.var_mean(x, dim=-1, correction=0)
+        (want,) = torch.autograd.grad((want_v * g_var.double()).sum() + (want_m * g_mean.double()).sum(), x)
+        torch.testing.assert_close(grad.double(), want, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("affine,bias", [(True, True), (False, False)])
