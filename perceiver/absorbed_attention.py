@@ -164,9 +164,44 @@ def _group_rows(f: Tensor, p: Tensor, eps: float) -> Tensor:
     """``z [B, M_i, W_i]``: ``rstd (f - mu0)``, the row's factors ``rstd, -rstd (mu - mu0), -rstd mu``
     (``row_statistics``), 1, and zeros up to a width ``W_i`` that is a multiple of 8."""
     mu, rstd, factors = row_statistics(f, p, eps)
-    centred = (f.to(rstd.dtype) - mu.detach()[..., None]) * rstd[..., None]
-    ones, zeros = torch.ones_like(rstd)[..., None], rstd.new_zeros(*rstd.shape, -(f.shape[-1] + 4) % 8)
-    return torch.cat([centred, factors, ones, zeros], -1)
+    width = f.shape[-1] + 4 + -(f.shape[-1] + 4) % 8
+    return _Rows.apply(f.to(rstd.dtype), mu.detach(), rstd, factors, width)
+
+
+class _Rows(torch.autograd.Function):
+    """``z = [rstd (f - mu0) | factors | 1 | 0 ...]`` ``[B, M, width]``, written into one buffer
+    block by block (through autograd, the subtraction, product and concatenation each made a
+    buffer of the rows' size, which glibc maps and page-faults afresh: Kinetics' video rows took 80
+    against 33 ms forward + backward, 58 against 24 ms without gradients). The backward pass gets
+    ``rstd``'s gradient from the rows themselves, ``sum_c g_c (f_c - mu0) = sum_c g_c z_c / rstd``."""
+
+    @staticmethod
+    def forward(ctx, f, mu0, rstd, factors, width, block_rows=4096):
+        c = f.shape[-1]
+        z = rstd.new_empty(*rstd.shape, width)
+        z[..., c:c + 3], z[..., c + 3], z[..., c + 4:] = factors, 1, 0
+        rows = z.view(-1, width)
+        features = f.reshape(rows.shape[0], c)
+        mu0, rstd_rows = mu0.reshape(-1, 1), rstd.reshape(-1, 1)
+        for start in range(0, rows.shape[0], block_rows):
+            block = slice(start, start + block_rows)
+            torch.sub(features[block], mu0[block], out=rows[block, :c]).mul_(rstd_rows[block])
+        ctx.block_rows, ctx.c = block_rows, c
+        ctx.save_for_backward(z, rstd)
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, rstd = ctx.saved_tensors
+        c, width = ctx.c, z.shape[-1]
+        grad_rstd = torch.empty_like(rstd)
+        g, rows, flat = grad.reshape(-1, width), z.view(-1, width), grad_rstd.view(-1)
+        for start in range(0, rows.shape[0], ctx.block_rows):
+            block = slice(start, start + ctx.block_rows)
+            torch.sum(g[block, :c] * rows[block, :c], -1, out=flat[block])
+        grad_f = grad[..., :c] * rstd[..., None] if ctx.needs_input_grad[0] else None
+        return grad_f, None, grad_rstd.div_(rstd), grad[..., c:c + 3], None, None
 
 
 class _GroupedAttention(torch.autograd.Function):
