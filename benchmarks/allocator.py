@@ -48,14 +48,7 @@ def compare(config: str, steps: int) -> dict:
     torch.manual_seed(0)
     model, forward = ours(spec)
     x, loss_of = run.inputs(spec, torch.Generator().manual_seed(0))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("bf16", False))
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with autocast:
-            loss = loss_of(forward(x))
-        loss.backward()
-
+    step, _ = run.step_functions(model, forward, x, loss_of, spec.get("bf16", False))
     times, faults = {"default": [], "keep": []}, {"default": 0, "keep": 0}
     for i in range(2 * steps + 1):
         setting = ("default", "keep")[i % 2]

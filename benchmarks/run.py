@@ -129,6 +129,25 @@ def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
     return times
 
 
+def step_functions(model, forward, x, loss_of, bf16: bool):
+    """(``step``: zero the gradients, ``loss_of(forward(x))``, backward, return the loss;
+    ``infer``: the same loss without gradients), both under CPU bf16 autocast if ``bf16``."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_of(forward(x))
+        loss.backward()
+        return loss
+
+    def infer():
+        with torch.no_grad(), autocast:
+            return loss_of(forward(x))
+
+    return step, infer
+
+
 def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
     """One implementation and configuration in this process; ``mode`` "bench" measures everything,
     "train" / "infer" run one step (the --largest trials)."""
@@ -144,19 +163,7 @@ def worker(impl: str, config: str, repeats: int, mode: str) -> dict:
     model, run = BUILDERS[impl](spec)
     model.train()
     x, loss_of = inputs(spec, torch.Generator().manual_seed(0))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("bf16", False))
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with autocast:
-            loss = loss_of(run(x))
-        loss.backward()
-        return loss
-
-    def infer():
-        with torch.no_grad(), autocast:
-            return loss_of(run(x))
-
+    step, infer = step_functions(model, run, x, loss_of, spec.get("bf16", False))
     if mode != "bench":
         (step if mode == "train" else infer)()
         return {"ok": True}
