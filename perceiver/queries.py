@@ -57,9 +57,15 @@ class LearnedPositionQueries(LearnedQueries):
         dim: int = 768
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
-        if index is None:
-            index = torch.arange(x.shape[1], device=x.device)
-        return _batched(self.table(index), x)
+        if index is not None:
+            return _batched(self.table(index), x)
+        # the first M rows as a slice, not a gather of arange(M): no index to check (a graph break
+        # under torch.compile) and a gradient that is a copy, not a scatter
+        length, table = x.shape[1], self.table()
+        if length > len(table):
+            raise ValueError(f"inputs: expected at most num_queries={len(table)} positions (one query "
+                             f"each; query_index picks a subset), got {length}")
+        return _batched(table if length == len(table) else table[:length], x)
 
 
 @register("fourier_queries")

@@ -21,6 +21,25 @@ def test_learned_and_position_queries():
     torch.testing.assert_close(positions(x, index)[2], positions.table.table[index])
 
 
+def test_position_queries_by_default_match_the_gathered_rows_and_their_gradient():
+    positions = LearnedPositionQueries(LearnedPositionQueries.Config(10, 4)).double()
+    for length in (5, 10):  # a part of the table, and all of it
+        x = torch.randn(3, length, 7, dtype=torch.float64)
+        weights = torch.randn(3, length, 4, dtype=torch.float64)
+        grads = []
+        for index in (None, torch.arange(length)):
+            positions.zero_grad()
+            out = positions(x, index)
+            (out * weights).sum().backward()
+            grads.append((out.detach(), positions.table.table.grad.clone()))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-15, atol=0)
+        torch.testing.assert_close(grads[0][1][:length], weights.sum(0))
+        assert not grads[0][1][length:].any()
+    with pytest.raises(ValueError, match=r"inputs: expected at most num_queries=10 positions .*got 11"):
+        positions(torch.randn(1, 11, 7, dtype=torch.float64))
+
+
 def test_a_different_subset_per_example():
     x = torch.randn(2, 5, 4)
     index = torch.tensor([[4, 0, 1], [2, 2, 3]])
