@@ -201,7 +201,9 @@ def _adapt(adapter: nn.Module, inputs, attention_mask, **kwargs):
     """The adapter's ``(x, attention_mask)``, with ``x`` as a ``ChunkedInput`` or a ``PaddedInput``
     where the adapter offers one (``chunked``, ``padded``; the encoder computes it whole where it
     cannot use it)."""
-    recipe = getattr(adapter, "chunked", None) or getattr(adapter, "padded", None)
+    recipe = getattr(adapter, "chunked", None)
+    if recipe is None:  # not `or`: torch.compile cannot take a method's truth value (a graph break)
+        recipe = getattr(adapter, "padded", None)
     return (adapter if recipe is None else recipe)(inputs, attention_mask, **kwargs)
 
 

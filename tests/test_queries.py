@@ -40,6 +40,14 @@ def test_position_queries_by_default_match_the_gathered_rows_and_their_gradient(
         positions(torch.randn(1, 11, 7, dtype=torch.float64))
 
 
+def test_position_queries_by_default_trace_without_a_graph_break():
+    """One query per input position needs no index check (whose values would break the graph)."""
+    positions = LearnedPositionQueries(LearnedPositionQueries.Config(10, 4))
+    x = torch.randn(2, 6, 4)
+    traced = torch.compile(positions, fullgraph=True, backend="eager")
+    torch.testing.assert_close(traced(x), positions.table.table[:6].expand(2, -1, -1))
+
+
 def test_a_different_subset_per_example():
     x = torch.randn(2, 5, 4)
     index = torch.tensor([[4, 0, 1], [2, 2, 3]])
