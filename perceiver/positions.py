@@ -130,3 +130,9 @@ class LearnedPositions(nn.Module):
             return self.table
         check_index(index, self.table.shape[0], per_example=True)
         return self.table[index.to(self.table.device)]
+
+    def first(self, length: int) -> Tensor:
+        """The first ``length`` rows ``[length, dim]`` (at most the table's) as a slice, not a
+        gather: no index to check, a gradient that is a copy, and the whole table unsliced when
+        ``length`` is its size (whose gradient a slice would copy)."""
+        return self.table if length == self.table.shape[0] else self.table[:length]

@@ -59,13 +59,11 @@ class LearnedPositionQueries(LearnedQueries):
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         if index is not None:
             return _batched(self.table(index), x)
-        # the first M rows as a slice, not a gather of arange(M): no index to check (a graph break
-        # under torch.compile) and a gradient that is a copy, not a scatter
-        length, table = x.shape[1], self.table()
-        if length > len(table):
-            raise ValueError(f"inputs: expected at most num_queries={len(table)} positions (one query "
-                             f"each; query_index picks a subset), got {length}")
-        return _batched(table if length == len(table) else table[:length], x)
+        # not a gather of arange(M), whose index check would break the graph under torch.compile
+        if x.shape[1] > self.num_queries:
+            raise ValueError(f"inputs: expected at most num_queries={self.num_queries} positions (one "
+                             f"query each; query_index picks a subset), got {x.shape[1]}")
+        return _batched(self.table.first(x.shape[1]), x)
 
 
 @register("fourier_queries")

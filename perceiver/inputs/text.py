@@ -147,10 +147,8 @@ class TokenInputAdapter(nn.Module):
         return self._embed(inputs.long(), self._positions(inputs.shape[1]))
 
     def _positions(self, length: int) -> Tensor:
-        """The first ``length`` positions ``[1, length, dim]`` (the whole table unsliced, whose
-        gradient a slice would copy)."""
-        table = self.positions()
-        return (table if length == table.shape[0] else table[:length]).unsqueeze(0)
+        """The first ``length`` positions ``[1, length, dim]``."""
+        return self.positions.first(length).unsqueeze(0)
 
     def _embed(self, ids: Tensor, positions: Tensor, depth: Tensor | None = None) -> Tensor:
         """``ids [B, c]``, ``positions [1, c, dim]`` and depth levels ``[B, c]`` -> ``[B, c, dim]``."""
