@@ -40,10 +40,12 @@ def check_attention_mask(attention_mask: Tensor | None, batch: int, length: int)
             f"attention_mask: expected shape [{batch}, {length}] (batch, input length), "
             f"got {list(attention_mask.shape)}"
         )
-    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+    if attention_mask.dtype != torch.bool:  # integers and floats alike: only 0 and 1 have a meaning
         bad = (attention_mask != 0) & (attention_mask != 1)
         if bool(bad.any()):
-            raise ValueError("attention_mask: expected values 0 (pad) or 1 (keep), got other values")
+            first = attention_mask[bad][0].item()
+            raise ValueError(f"attention_mask: expected values 0 (pad) or 1 (keep) or booleans, got "
+                             f"{int(bad.sum())} other value(s), first {first!r}")
     return attention_mask.bool()
 
 

@@ -6,10 +6,13 @@ the previous checkpoint intact. Loading reads only JSON and safetensors: nothing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import typing
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_model, save_model
 
@@ -20,6 +23,13 @@ WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
+def current_umask() -> int:
+    """The process's umask (the permissions that new files do not get)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -27,6 +37,7 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private (0600); saved files are not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -45,14 +56,29 @@ class PretrainedMixin:
 
 
 def load_config(directory: str | os.PathLike):
+    """The model config in ``directory/config.json``; every section of it (a nested component
+    config: input, encoder, ...) must be there: a missing one would silently take defaults."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise ValueError(f"directory: expected {CONFIG_NAME} in {str(directory)!r}, not found")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: expected a JSON model config, got unreadable text ({error})") from error
     if not isinstance(data, dict) or data.get("kind") not in REGISTRY:
         raise ValueError(f"{path}: expected a model config with a known 'kind', got "
                          f"{data.get('kind') if isinstance(data, dict) else type(data).__name__!r}")
-    return from_dict(data)
+    config_cls = REGISTRY[data["kind"]].Config
+    hints = typing.get_type_hints(config_cls)
+    sections = [f.name for f in dataclasses.fields(config_cls)
+                if hints[f.name] is Any or dataclasses.is_dataclass(hints[f.name])]
+    missing = [name for name in sections if name not in data]
+    if missing:
+        raise ValueError(f"{path}: expected the sections {sections}, missing {missing}")
+    try:
+        return from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def refuse_pickles(directory: Path) -> None:

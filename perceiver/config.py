@@ -47,16 +47,28 @@ def build(config):
     return REGISTRY[kind](config)
 
 
-def validate(config, path: str = "config") -> None:
-    """Check each field of a config dataclass (and nested ones) against its annotation: ``int`` a
-    non-negative integer, ``float`` a finite non-negative number, ``bool`` / ``str`` / ``tuple`` /
-    ``dict`` those types, ``X | None`` either; a ``ValueError`` names the field and the value."""
+# fields that are a probability of dropping something: in [0, 1), whatever config they are in
+PROBABILITIES = ("dropout", "drop_path", "residual_dropout")
+# integer fields that may be 0; every other integer (a size, a count of heads or layers, a shape)
+# is at least 1
+MAY_BE_ZERO = ("num_bands", "min_padding", "running_sums", "max_depth", "num_self_layers", "depth_tokens",
+               "processor_latents_train", "processor_latents_eval")
+
+
+def validate(config, path: str = "config", may_be_zero=MAY_BE_ZERO) -> None:
+    """Check each field of a config dataclass (and nested ones) against its annotation: ``int`` an
+    integer >= 1 (>= 0 for the fields in ``MAY_BE_ZERO``), ``float`` a finite non-negative number,
+    ``bool`` / ``str`` / ``tuple`` / ``dict`` those types, ``X | None`` either; a field named in
+    ``PROBABILITIES`` is below 1. A ``ValueError`` names the field and the value."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        _check(f"{path}.{field.name}", getattr(config, field.name), hints[field.name])
+        value = getattr(config, field.name)
+        _check(f"{path}.{field.name}", value, hints[field.name], 0 if field.name in may_be_zero else 1)
+        if field.name in PROBABILITIES and isinstance(value, (int, float)) and not value < 1:
+            raise ValueError(f"{path}.{field.name}: expected a probability in [0, 1), got {value!r}")
 
 
-def _check(path: str, value, hint) -> None:
+def _check(path: str, value, hint, low: int = 0) -> None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:  # a nested component config (input, queries, output, ...) is checked likewise
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -69,7 +81,7 @@ def _check(path: str, value, hint) -> None:
         errors = []
         for option in options:
             try:
-                return _check(path, value, option)
+                return _check(path, value, option, low)
             except ValueError as error:
                 errors.append(error)
         raise errors[0]
@@ -81,7 +93,7 @@ def _check(path: str, value, hint) -> None:
     if hint is bool:
         ok, expected = isinstance(value, bool), "true or false"
     elif hint is int:
-        ok, expected = number and isinstance(value, int) and value >= 0, "an integer >= 0"
+        ok, expected = number and isinstance(value, int) and value >= low, f"an integer >= {low}"
     elif hint is float:
         ok, expected = number and math.isfinite(value) and value >= 0, "a finite number >= 0"
     elif hint is str:
@@ -93,7 +105,7 @@ def _check(path: str, value, hint) -> None:
         if items and len(items) != len(value):
             raise ValueError(f"{path}: expected {len(items)} values, got {value!r}")
         for i, (item, item_hint) in enumerate(zip(value, items or (), strict=bool(items))):
-            _check(f"{path}[{i}]", item, item_hint)
+            _check(f"{path}[{i}]", item, item_hint, low)
         return
     elif hint is dict or origin is dict:
         ok, expected = isinstance(value, dict), "a dict"

@@ -147,6 +147,9 @@ class MultimodalQueries(nn.Module):
         self.reads_inputs = any(getattr(p, "reads_inputs", False) for p in self.providers.values())
 
     def forward(self, x: Tensor, index: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        if index is not None and not isinstance(index, dict):
+            raise ValueError(f"query_index: expected a dict {{modality: index}} with modalities among "
+                             f"{self.names} (a multimodal model), got {type(index).__name__}")
         index = dict(index or {})
         unknown = sorted(set(index) - set(self.names))
         if unknown:

@@ -15,6 +15,8 @@ VOCAB_SIZE = 256 + OFFSET
 
 def encode(text: str, add_special_tokens: bool = False) -> list[int]:
     """Token ids of ``text``'s UTF-8 bytes (with ``[CLS] ... [SEP]`` if asked)."""
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a str, got {type(text).__name__} {text!r:.60}")
     ids = [b + OFFSET for b in text.encode("utf-8")]
     return [CLS, *ids, SEP] if add_special_tokens else ids
 
@@ -28,6 +30,8 @@ def decode(ids, errors: str = "replace") -> str:
 def batch_encode(texts: list[str], max_length: int, add_special_tokens: bool = False):
     """Right-padded ``input_ids [B, L]`` and ``attention_mask [B, L]`` (L = longest, <= max_length;
     longer texts are truncated)."""
+    if isinstance(texts, str):
+        raise ValueError(f"texts: expected a list of str, got one str {texts!r:.60}")
     rows = [encode(t, add_special_tokens)[:max_length] for t in texts]
     length = max((len(r) for r in rows), default=0)
     ids = torch.full((len(rows), length), PAD, dtype=torch.long)

@@ -32,6 +32,10 @@ from einops import rearrange
 from perceiver import presets
 from tasks.av_digits import write_wav
 from tasks.classify import cache_dir
+from tasks.settings import at_least, at_least_zero, between, check_settings, probability, rule
+
+IMAGE_SHAPE = rule(lambda shape: len(shape) == 2 and all(isinstance(n, int) and n >= 1 for n in shape),
+                   "two integers >= 1 (height, width)")
 
 
 @dataclass
@@ -49,6 +53,13 @@ class AutoencodeConfig:
     num_workers: int = 2  # processes decoding PNG/WAV files
     model: dict = field(default_factory=dict)  # presets.multimodal_autoencoder arguments
     eval_batch_size: int = 100
+
+    def __post_init__(self):
+        check_settings(self, "task", {
+            "image_shape": IMAGE_SHAPE, "sample_rate": at_least(1), "num_samples": at_least(1),
+            "query_fraction": between(0, 1, low_open=True), "label_mask_prob": probability,
+            "label_weight": at_least_zero, "shift_pixels": at_least(0), "shift_samples": at_least(0),
+            "num_workers": at_least(0), "eval_batch_size": at_least(1)})
 
 
 def read_png(path, shape) -> np.ndarray:
@@ -119,9 +130,16 @@ def load_folder(root, config: AutoencodeConfig):
             continue
         stems, labels = [], []
         for label, name in enumerate(classes):
-            for png in sorted((root / split / name).glob("*.png")):
+            pngs = sorted((root / split / name).glob("*.png"))
+            if not pngs and split == "train":
+                raise ValueError(f"data: expected NAME.png + NAME.wav files in the class folder "
+                                 f"{str(root / split / name)!r}, found none")
+            for png in pngs:
                 stems.append(str(png.with_suffix("")))
                 labels.append(label)
+        if not stems:
+            raise ValueError(f"data: expected NAME.png + NAME.wav files in the class folders of "
+                             f"{str(root / split)!r}, found none")
         unknown = sorted({p.name for p in (root / split).iterdir() if p.is_dir()} - set(classes))
         if unknown:
             raise ValueError(f"data: classes {unknown} in {split!r} are not in train's {classes}")
@@ -174,8 +192,14 @@ def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> tor
 class AutoencodeTask:
     best_metric = "label_accuracy"
 
-    def __init__(self, config: AutoencodeConfig):
+    def __init__(self, config: AutoencodeConfig, classes: list[str] | None = None):
+        """With ``classes`` (the names a trained run recorded) no data is read: the task can only
+        reconstruct files (``predict_files``)."""
         self.config = config
+        if classes is not None:
+            self.splits, self.classes, self.skipped = {}, list(classes), 0
+            self.patch = self.model_settings()["patch_size"]
+            return
         self.splits, self.classes, self.skipped = open_folder(config)
         self.patch = self.model_settings()["patch_size"]
         train = decode_rows(self.splits["train"][:])
@@ -184,6 +208,10 @@ class AutoencodeTask:
         # the mean baseline's MSE: each modality's loss is measured relative to it
         self.baseline_mse = {"image": float((images - self.mean_image).pow(2).mean()),
                              "audio": float((audio - self.mean_audio).pow(2).mean())}
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.classes
 
     def model_settings(self) -> dict:
         return dict(image_shape=tuple(self.config.image_shape), num_samples=self.config.num_samples,
@@ -282,7 +310,7 @@ class AutoencodeTask:
         out = self.reconstruct(model, inputs)
         names = [Path(s).name for s in stems]
         paths = save_reconstructions(out, inputs, directory, self.classes, names=names)
-        return [{"input": stem, "label": self.classes[int(p.argmax())],
+        return [{"input": stem, "label": self.classes[int(p.argmax())], "label_id": int(p.argmax()),
                  "probability": round(float(p.max()), 4),
                  "image_psnr": round(float(psnr(out["image"][i:i + 1], inputs["image"][i:i + 1])), 2),
                  "audio_psnr": round(float(psnr(out["audio"][i:i + 1], inputs["audio"][i:i + 1])), 2),

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 
 from perceiver import tokenizer
 from tasks import architectures
+from tasks.settings import at_least, check_settings, rule
+
+SPLIT_SIZES = rule(lambda sizes: all(k in ("train", "validation", "test") and isinstance(v, int)
+                                     and not isinstance(v, bool) and v >= 1 for k, v in sizes.items()),
+                   "{split: examples} with splits train, validation, test and integers >= 1")
 
 
 @dataclass
@@ -31,6 +36,10 @@ class ClassifyConfig:
     architecture: str = "perceiver-io"  # or hip-mini, hip-16, hip-256, hip-16x3
     eval_batch_size: int = 64
     skip_bad: bool = False  # drop empty texts and out-of-range labels (counted) instead of failing
+
+    def __post_init__(self):
+        check_settings(self, "task", {"max_seq_len": at_least(1), "eval_batch_size": at_least(1),
+                                      "data_sizes": SPLIT_SIZES})  # architecture: ClassifyTask (--model)
 
 
 def cache_dir() -> Path:
@@ -54,10 +63,25 @@ def load_splits(config: ClassifyConfig):
         from tasks import manpages
 
         return manpages.splits(cache_dir()), None
-    if Path(config.data).exists():
-        splits = datasets.load_from_disk(config.data)
+    expected = "listops, manpages, a datasets directory (DatasetDict.save_to_disk) or a hub name"
+    path = Path(config.data).expanduser()
+    if path.exists() or config.data.startswith((".", "/", "~")) or config.data.count("/") > 1:
+        if not path.is_dir():
+            raise ValueError(f"data: expected {expected}; {config.data!r} is "
+                             f"{'a file' if path.exists() else 'not there'}")
+        if not (path / "dataset_dict.json").is_file():
+            held = sorted(p.name for p in path.iterdir())[:5]
+            raise ValueError(f"data: expected {expected}; {config.data!r} has no dataset_dict.json "
+                             f"({'it is empty' if not held else f'it holds {held}'})")
+        splits = datasets.load_from_disk(str(path))
     else:
-        splits = datasets.load_dataset(config.data)
+        try:
+            splits = datasets.load_dataset(config.data)
+        except Exception as error:  # offline, unknown name, ...: datasets raises many kinds
+            raise ValueError(f"data: expected {expected}; the hub dataset {config.data!r} could not be "
+                             f"loaded ({type(error).__name__}: {error})") from error
+    if not isinstance(splits, datasets.DatasetDict):
+        raise ValueError(f"data: expected splits train and validation in {config.data!r}, got one split")
     missing = sorted({"train", "validation"} - set(splits))
     if missing:
         raise ValueError(f"data: expected splits train and validation in {config.data!r}, missing {missing}")
@@ -69,11 +93,26 @@ def load_splits(config: ClassifyConfig):
     return splits, None
 
 
+def label_names(split, label_column: str) -> list[str] | None:
+    """The class names: a ``ClassLabel``'s, or the sorted distinct strings of a string column;
+    ``None`` for integer labels without names."""
+    feature = split.features[label_column]
+    if hasattr(feature, "names"):
+        return list(feature.names)
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        return sorted(set(split[label_column]))
+    return None
+
+
 def num_classes(split, label_column: str) -> int:
     feature = split.features[label_column]
     if hasattr(feature, "num_classes"):
         return feature.num_classes
-    return int(max(split[label_column])) + 1
+    labels = [label for label in split[label_column] if isinstance(label, int)]
+    if not labels:
+        raise ValueError(f"data: expected integer or string labels in column {label_column!r}, got "
+                         f"{feature}")
+    return max(labels) + 1
 
 
 class ClassifyTask:
@@ -84,10 +123,23 @@ class ClassifyTask:
         self.config = config
         self.text_column, self.label_column = columns(config)
         self.splits, self.transform = load_splits(config)
-        self.num_classes = num_classes(self.splits["train"], self.label_column)
+        self.label_names = label_names(self.splits["train"], self.label_column)
+        if self.label_names is not None and not hasattr(self.splits["train"].features[self.label_column],
+                                                        "names"):
+            self.splits = self._string_labels_to_ids(self.splits)
+        self.num_classes = len(self.label_names) if self.label_names else num_classes(
+            self.splits["train"], self.label_column)
         self.skipped = 0
         for name in list(self.splits):
             self.splits[name] = self._check_records(name, self.splits[name])
+
+    def _string_labels_to_ids(self, splits):
+        """String labels as class ids (their place in ``label_names``); a name the train split
+        lacks becomes -1, a bad record (``_check_records``)."""
+        ids = {name: i for i, name in enumerate(self.label_names)}
+        column = self.label_column
+        return type(splits)({name: split.map(lambda rows: {column: [ids.get(v, -1) for v in rows[column]]},
+                                             batched=True) for name, split in splits.items()})
 
     def _check_records(self, name: str, split):
         """Empty texts and labels outside ``[0, num_classes)`` fail, naming the record, or are
@@ -96,7 +148,9 @@ class ClassifyTask:
         bad = {}
         for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
             if not isinstance(label, int) or not 0 <= label < self.num_classes:
-                bad[i] = f"{self.label_column}={label!r}, expected an integer in [0, {self.num_classes})"
+                bad[i] = (f"{self.label_column}: a class the train split lacks, expected one of "
+                          f"{self.label_names}" if self.label_names and label == -1 else
+                          f"{self.label_column}={label!r}, expected an integer in [0, {self.num_classes})")
             elif not isinstance(text, str) or not text.strip():
                 bad[i] = f"{self.text_column} is empty"
         if bad and not self.config.skip_bad:
@@ -148,8 +202,12 @@ class ClassifyTask:
         """Class probabilities ``[len(texts), num_classes]``."""
         return self._logits(model, *self.encode(texts)).softmax(-1)
 
+    def name(self, label: int) -> str:
+        return self.label_names[label] if self.label_names else str(label)
+
     def predictions(self, model, texts: list[str]) -> list[dict]:
-        return [{"text": text[:60], "label": int(p.argmax()), "probability": round(float(p.max()), 4)}
+        return [{"text": text[:60], "label": self.name(int(p.argmax())), "label_id": int(p.argmax()),
+                 "probability": round(float(p.max()), 4)}
                 for text, p in zip(texts, self.predict(model, texts), strict=True)]
 
     @torch.no_grad()

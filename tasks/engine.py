@@ -49,7 +49,9 @@ import torch
 from tasks.batches import MicroBatches, derived_seed, to_device
 from tasks.distributed import STRATEGIES, Processes
 from tasks.metrics_log import MetricsLog
-from tasks.state import find_checkpoint, load_checkpoint, save_checkpoint
+from tasks.run_dir import claim
+from tasks.settings import at_least, between, check_settings, one_of, positive, rule
+from tasks.state import load_checkpoint, read_trainer, save_checkpoint
 from tasks.stopping import Stopped, ignore_stop_signals, stop_requests
 
 
@@ -62,6 +64,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
+    # the step where the cosine reaches its floor (default max_steps); a resume with a larger
+    # --max-steps recomputes the cosine over the new length unless this keeps the old one
+    decay_steps: int | None = None
     grad_clip: float | None = 1.0
     eval_every: int = 250
     save_every: int = 250
@@ -77,10 +82,13 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact reruns on GPU too
 
     def __post_init__(self):
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy: expected one of {list(STRATEGIES)}, got {self.strategy!r}")
+        check_settings(self, "train", {
+            "max_steps": at_least(1), "batch_size": at_least(1), "accumulate": at_least(1), "lr": positive,
+            "min_lr_ratio": between(0, 1), "grad_clip": positive, "decay_steps": at_least(1),
+            "eval_every": at_least(1), "save_every": at_least(1), "log_every": at_least(1),
+            "on_nonfinite": one_of("stop", "skip"), "strategy": one_of(*STRATEGIES),
+            "device": rule(lambda d: d in ("auto", "cpu", "cuda", "mps") or d.startswith("cuda:"),
+                           "auto, cpu, cuda, cuda:N or mps")})
 
 
 MAX_SKIPS_IN_A_ROW = 10
@@ -95,7 +103,8 @@ class Task(Protocol):
     def train_batch(self, indices: list[int], generator: torch.Generator): ...  # seeded per micro-batch
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model, split: str = "validation") -> dict[str, float]: ...
-    # Optional: ``skipped`` (bad records dropped, written to run.json), ``write_samples(model, dir)``
+    # Optional: ``skipped`` (bad records dropped) and ``label_names`` (written to run.json),
+    # ``write_samples(model, dir)``
     # (example outputs after training), ``predictions(model, texts)`` or ``predict_files(model,
     # stems, dir)`` for ``perceiver predict``.
 
@@ -104,7 +113,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.max_steps - config.warmup_steps)
+    span = max(1, (config.decay_steps or config.max_steps) - config.warmup_steps)
     progress = min(1.0, (step - config.warmup_steps) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -117,20 +126,73 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool = False,
-          run_info: dict | None = None, progress: bool = True) -> dict[str, float]:
+          run_info: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Train ``task`` for ``config.max_steps`` optimizer steps; return the final validation metrics
-    (in every process). Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives."""
+    (in every process). Raises ``Stopped`` after saving a checkpoint if SIGTERM or SIGINT arrives.
+    ``output_dir`` must not hold a run unless it is resumed or ``overwrite``-n, and is locked while
+    the run writes there (``tasks.run_dir``)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     if config.deterministic:  # cuBLAS needs this workspace setting before its first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     procs = Processes.start(config.device, config.strategy)
     try:
-        with stop_requests() as received:
+        _check_run(task, config, Path(output_dir), resume, procs)
+        with stop_requests() as received, _claimed(Path(output_dir), resume, overwrite, procs):
             return Run(task, config, Path(output_dir), procs, resume, run_info).train(progress, received)
     finally:
         procs.close()
         torch.use_deterministic_algorithms(deterministic)
+
+
+def _check_run(task: Task, config: TrainConfig, output_dir: Path, resume: bool, procs: Processes) -> None:
+    """What can be refused before anything is written: the batch against the data and the
+    processes, and a resume against its checkpoint."""
+    if config.batch_size % procs.world_size:
+        raise ValueError(f"batch_size: expected a multiple of the {procs.world_size} processes, got "
+                         f"{config.batch_size}")
+    if task.num_train_examples() < config.batch_size:
+        raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training "
+                         f"examples, got {config.batch_size}")
+    if not resume:
+        return
+    trainer = read_trainer(output_dir / "checkpoint")
+    if trainer is None:
+        raise ValueError(f"--resume: expected a checkpoint in {str(output_dir / 'checkpoint')!r}, found none")
+    if trainer["step"] > config.max_steps:
+        raise ValueError(f"--max-steps: expected at least the {trainer['step']} steps already done in "
+                         f"{str(output_dir / 'checkpoint')!r}, got {config.max_steps}")
+
+
+@contextlib.contextmanager
+def _claimed(output_dir: Path, resume: bool, overwrite: bool, procs: Processes):
+    """``tasks.run_dir.claim`` by rank 0, its verdict shared, so that a refusal stops every process
+    instead of leaving the others waiting in their first collective."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if procs.is_main:
+            try:
+                stack.enter_context(claim(output_dir, resume, overwrite))
+            except ValueError as error:
+                refusal = str(error)
+        refusal = procs.broadcast(refusal)
+        if refusal is not None:
+            raise ValueError(refusal)
+        yield
+
+
+@contextlib.contextmanager
+def _batch_stream(loader: torch.utils.data.DataLoader):
+    """``iter(loader)``, its worker processes stopped however the loop ends. They ignore SIGTERM
+    (``ignore_stop_signals``), so multiprocessing's exit-time ``terminate()`` cannot end them: left
+    to interpreter exit after an exception, the process would wait on them forever."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent without workers
+        if shutdown is not None:
+            shutdown()
 
 
 class Run:
@@ -142,24 +204,14 @@ class Run:
         from perceiver.layers import set_checkpointing
 
         self.task, self.config, self.output_dir, self.procs = task, config, output_dir, procs
-        output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model_config = task.model_config()
         model = build(self.model_config).to(procs.device)
         set_checkpointing(model, config.activation_checkpointing)
         self.start, self.best, optimizer_state = 0, {"value": None, "step": None}, None
-        if resume:
-            if find_checkpoint(output_dir / "checkpoint") is None:
-                raise ValueError(f"--resume: expected a checkpoint in {str(output_dir / 'checkpoint')!r}, "
-                                 "found none")
+        if resume:  # _check_run found the checkpoint
             optimizer_state, trainer = load_checkpoint(output_dir / "checkpoint", model)
             self.start, self.best = trainer["step"], trainer["best"]
-        if config.batch_size % procs.world_size:
-            raise ValueError(f"batch_size: expected a multiple of the {procs.world_size} processes, got "
-                             f"{config.batch_size}")
-        if task.num_train_examples() < config.batch_size:
-            raise ValueError(f"batch_size: expected at most the {task.num_train_examples()} training "
-                             f"examples, got {config.batch_size}")
         self.forward = procs.wrap(model)  # DDP around it, or FSDP2 shards it in place
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -170,7 +222,8 @@ class Run:
         self.log = None
         if procs.is_main:
             info = (run_info or {}) | {"train": asdict(config), "processes": procs.world_size,
-                                       "skipped_records": getattr(task, "skipped", 0)}
+                                       "skipped_records": getattr(task, "skipped", 0),
+                                       "label_names": getattr(task, "label_names", None)}
             (output_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
             self.log = MetricsLog(output_dir, keep_until=self.start if resume else None)
 
@@ -227,18 +280,30 @@ class Run:
     def train(self, progress: bool, stop_signals: list[int]) -> dict:
         from tqdm.auto import tqdm
 
-        config, procs, optimizer = self.config, self.procs, self.optimizer
+        config, procs = self.config, self.procs
         self.model.train()
         bar = tqdm(range(self.start, config.max_steps), initial=self.start, total=config.max_steps,
                    disable=not (progress and procs.is_main), desc="train")
         micro_batches = MicroBatches(self.task, config, self.start * config.accumulate,
                                      config.max_steps * config.accumulate, procs)
-        batches = iter(torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             micro_batches, batch_size=None, num_workers=config.num_workers,
             pin_memory=procs.device.type == "cuda", worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(config.seed)))  # leaves the global RNG alone
-        seen, began, metrics, skips_in_a_row = 0, time.perf_counter(), {}, 0
+            generator=torch.Generator().manual_seed(config.seed))  # leaves the global RNG alone
+        try:
+            with _batch_stream(loader) as batches:
+                metrics = self._steps(bar, batches, stop_signals)
+        finally:
+            if self.log:
+                self.log.close()
+        return self.finish(metrics)
+
+    def _steps(self, bar, batches, stop_signals: list[int]) -> dict:
+        config, procs, optimizer = self.config, self.procs, self.optimizer
+        # examples per second of training alone: evaluation and checkpoints are not counted
+        seen, training_time, metrics, skips_in_a_row = 0, 0.0, {}, 0
         for step in bar:
+            began = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
             totals = {}
@@ -261,15 +326,15 @@ class Run:
             skips_in_a_row = skips_in_a_row + 1 if bad else 0
             if bad and (config.on_nonfinite == "stop" or skips_in_a_row > MAX_SKIPS_IN_A_ROW):
                 many = f" ({skips_in_a_row} steps in a row)" if skips_in_a_row > 1 else ""
-                raise FloatingPointError(f"step {done}: {', '.join(bad)}{many}; stopping, the last "
-                                         f"checkpoint in {str(self.output_dir / 'checkpoint')!r} is intact")
+                raise FloatingPointError(f"step {done}: {', '.join(bad)}{many}; stopping. {self.on_disk()}")
             if bad and procs.is_main:
                 print(f"step {done}: {', '.join(bad)}; update skipped (train.on_nonfinite=skip)",
                       file=sys.stderr)
             if not bad:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            rate = seen / max(1e-9, time.perf_counter() - began)
+            training_time += time.perf_counter() - began
+            rate = seen / max(1e-9, training_time)
             bar.set_postfix(loss=f"{totals['loss']:.4f}", ex_per_s=f"{rate:.1f}")
             if procs.is_main and (done % config.log_every == 0 or done == config.max_steps):
                 self.log.write(done, "train", totals | {"lr": learning_rate(step, config),
@@ -279,12 +344,22 @@ class Run:
             if done % config.save_every == 0 or done == config.max_steps or stop:
                 self.checkpoint(done)
             if stop:
-                if self.log:
-                    self.log.close()
                 raise Stopped(stop_signals[0] if stop_signals else signal.SIGTERM, done,
                               self.output_dir / "checkpoint")
-        if self.log:
-            self.log.close()
+        return metrics
+
+    def on_disk(self) -> str:
+        """What a failed run leaves: its last checkpoint, or none."""
+        trainer = read_trainer(self.output_dir / "checkpoint")
+        if trainer is None:
+            return (f"No checkpoint was written (the first was due at step "
+                    f"{min(self.config.save_every, self.config.max_steps)})")
+        return (f"The last checkpoint, of step {trainer['step']}, is intact in "
+                f"{str(self.output_dir / 'checkpoint')!r} (continue with --resume)")
+
+    def finish(self, metrics: dict) -> dict:
+        """After the last step: the final metrics, and the job's samples written."""
+        config, procs = self.config, self.procs
         if self.start >= config.max_steps:  # nothing left to train: still report the metrics
             metrics = self.validation_metrics()
         if hasattr(self.task, "write_samples"):

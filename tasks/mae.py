@@ -18,7 +18,8 @@ from einops import rearrange
 
 from perceiver.hip import hip_config
 from perceiver.hip.mae import mask_elements, masked_loss
-from tasks.autoencode import decode_rows, open_folder
+from tasks.autoencode import IMAGE_SHAPE, decode_rows, open_folder
+from tasks.settings import at_least, between, check_settings
 
 SAMPLES_PER_PATCH = 16
 
@@ -35,6 +36,13 @@ class MAEConfig:
     skip_bad: bool = False
     num_workers: int = 2
     eval_batch_size: int = 100
+
+    def __post_init__(self):
+        check_settings(self, "task", {
+            "image_shape": IMAGE_SHAPE, "sample_rate": at_least(1),
+            "num_samples": at_least(SAMPLES_PER_PATCH),
+            "mask_ratio": between(0, 1, low_open=True), "num_workers": at_least(0),
+            "eval_batch_size": at_least(1)})  # architecture: MAETask (--model)
 
 
 class MAETask:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from perceiver import tokenizer
 from tasks import architectures
+from tasks.settings import at_least, between, check_settings, one_of
 
 IGNORE = -100
 
@@ -87,6 +88,13 @@ class MLMConfig:
     eval_windows: int = 256
     eval_batch_size: int = 64
     skip_bad: bool = False  # local files: drop unreadable or empty files (counted) instead of failing
+
+    def __post_init__(self):
+        check_settings(self, "task", {
+            "held_out": at_least(2), "seq_len": at_least(1), "mask_prob": between(0, 1, low_open=True),
+            "masking": one_of("bytes", "words"), "decode": one_of("masked", "all"),
+            "eval_windows": at_least(1),
+            "eval_batch_size": at_least(1)})
 
 
 def load_corpus(config: MLMConfig) -> tuple[dict[str, Tensor], int]:

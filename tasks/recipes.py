@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from perceiver.config import validate
 from tasks.autoencode import AutoencodeConfig, AutoencodeTask
 from tasks.classify import ClassifyConfig, ClassifyTask
 from tasks.engine import TrainConfig, train
@@ -153,15 +154,24 @@ def build(settings: dict):
     config_cls, task_cls = TASKS[settings["job"]]
     task = task_cls(config_cls(**settings["task"]))
     try:
-        task.model_config()
+        validate(task.model_config(), "model")
     except TypeError as error:  # an unknown keyword of the preset function or of EncoderConfig
         raise ValueError(f"model: unknown setting in {settings['task'].get('model', {})}: {error}") from error
     return task, TrainConfig(**settings["train"])
 
 
-def run_train(settings: dict, output_dir, resume=False, progress=True) -> dict:
+def predictor(settings: dict):
+    """The task of a trained run, to apply its model: the autoencoder reads no data when the run
+    recorded its class names (it reconstructs only the files it is given)."""
+    if settings["job"] == "autoencode" and settings.get("label_names"):
+        return AutoencodeTask(AutoencodeConfig(**settings["task"]), classes=settings["label_names"])
+    return build(settings)[0]
+
+
+def run_train(settings: dict, output_dir, resume=False, progress=True, overwrite=False) -> dict:
     task, config = build(settings)
-    return train(task, config, output_dir, resume=resume, run_info=settings, progress=progress)
+    return train(task, config, output_dir, resume=resume, run_info=settings, progress=progress,
+                 overwrite=overwrite)
 
 
 def load_run(output_dir):

@@ -67,6 +67,13 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
+def read_trainer(directory: str | os.PathLike) -> dict | None:
+    """The trainer dict (step, best, ...) of the checkpoint at ``directory``; ``None`` if there is
+    none."""
+    found = find_checkpoint(directory)
+    return None if found is None else json.loads((found / TRAINER_NAME).read_text())
+
+
 def load_checkpoint(directory: str | os.PathLike, model) -> tuple[dict, dict]:
     """Restore the model's weights and the RNG states; return the optimizer's saved ``state`` (for
     ``Processes.load_optimizer_state``) and the trainer dict."""

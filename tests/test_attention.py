@@ -163,3 +163,17 @@ def test_bad_mask_raises(mask, message):
 def test_heads_must_divide_widths():
     with pytest.raises(ValueError, match="qk_dim: expected a multiple of num_heads=3, got 8"):
         MultiHeadAttention(8, 8, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.uint8, torch.float32])
+def test_masks_other_than_0_and_1_are_refused_and_0_1_of_any_dtype_equal_booleans(dtype):
+    mha = MultiHeadAttention(16, 16, 2).eval()
+    x_q, x_kv = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], dtype=torch.bool)
+    torch.testing.assert_close(mha(x_q, x_kv, keep.to(dtype)), mha(x_q, x_kv, keep), atol=0, rtol=0)
+    for value in ([7] if dtype == torch.uint8 else [-1, 2, 7]):
+        bad = keep.to(dtype).clone()
+        bad[1, 2] = value
+        with pytest.raises(ValueError, match=rf"attention_mask: expected values 0 \(pad\) or 1 \(keep\) or "
+                                             rf"booleans, got 1 other value\(s\), first {value}"):
+            mha(x_q, x_kv, bad)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -52,3 +54,13 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     ids = torch.randint(0, 262, (1, 32))
     loaded = perceiver.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded(inputs=ids).logits, model(inputs=ids).logits)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        tiny_mlm().save_pretrained(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640}  # mkstemp alone gives 0600

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -60,14 +61,14 @@ SMALL = presets.byte_classifier(num_classes=2, max_seq_len=16, dim=8, num_latent
 
 
 @pytest.mark.parametrize("where, value, message", [
-    (("encoder", "num_latents"), -4, r"config\.encoder\.num_latents: expected an integer >= 0, got -4"),
-    (("encoder", "num_latents"), 4.5, r"config\.encoder\.num_latents: expected an integer >= 0, got 4\.5"),
-    (("encoder", "num_latents"), True, r"expected an integer >= 0, got True"),
+    (("encoder", "num_latents"), -4, r"config\.encoder\.num_latents: expected an integer >= 1, got -4"),
+    (("encoder", "num_latents"), 4.5, r"config\.encoder\.num_latents: expected an integer >= 1, got 4\.5"),
+    (("encoder", "num_latents"), True, r"expected an integer >= 1, got True"),
     (("encoder", "dropout"), float("nan"), r"encoder\.dropout: expected a finite number >= 0, got nan"),
     (("encoder", "query_residual"), "yes", r"encoder\.query_residual: expected true or false, got 'yes'"),
     (("encoder", "activation"), 3, r"config\.encoder\.activation: expected a string, got 3"),
-    (("encoder", "self_qk_dim"), "wide", r"encoder\.self_qk_dim: expected an integer >= 0, got 'wide'"),
-    (("input", "max_seq_len"), None, r"config\.input\.max_seq_len: expected an integer >= 0, got None"),
+    (("encoder", "self_qk_dim"), "wide", r"encoder\.self_qk_dim: expected an integer >= 1, got 'wide'"),
+    (("input", "max_seq_len"), None, r"config\.input\.max_seq_len: expected an integer >= 1, got None"),
 ])
 def test_config_values_are_validated_when_a_saved_model_is_loaded(tmp_path, where, value, message):
     from perceiver import from_pretrained
@@ -88,5 +89,34 @@ def test_tuple_fields_are_checked_item_by_item():
     validate(ImagePatchAdapter.Config((28, 28), 1, 4, 8))
     with pytest.raises(ValueError, match=r"config\.image_shape: expected 2 values, got \(28,\)"):
         validate(ImagePatchAdapter.Config((28,), 1, 4, 8))
-    with pytest.raises(ValueError, match=r"config\.image_shape\[1\]: expected an integer >= 0, got -28"):
+    with pytest.raises(ValueError, match=r"config\.image_shape\[1\]: expected an integer >= 1, got -28"):
         validate(ImagePatchAdapter.Config((28, -28), 1, 4, 8))
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("encoder", "num_latents"), 0, r"config\.encoder\.num_latents: expected an integer >= 1, got 0"),
+    (("encoder", "dropout"), 5.0, r"config\.encoder\.dropout: expected a probability in \[0, 1\), got 5\.0"),
+    (("decoder", "dropout"), 1, r"config\.decoder\.dropout: expected a probability in \[0, 1\), got 1"),
+])
+def test_sizes_of_zero_and_dropout_of_one_or_more_are_refused(where, value, message):
+    from perceiver.config import validate
+
+    config = copy.deepcopy(SMALL)
+    setattr(getattr(config, where[0]), where[1], value)
+    with pytest.raises(ValueError, match=message):
+        validate(config)
+    validate(presets.multimodal_autoencoder(image_shape=(8, 8), num_samples=64, num_classes=3, num_bands=0))
+
+
+def test_a_config_file_that_is_not_json_or_lacks_a_section_is_named(tmp_path):
+    from perceiver import from_pretrained
+    from perceiver.config import build
+
+    build(SMALL).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in data.items() if k != "decoder"}))
+    with pytest.raises(ValueError, match=r"config\.json: expected the sections .* missing \['decoder'\]"):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"kind": "perceiver_io", ')
+    with pytest.raises(ValueError, match=r"config\.json: expected a JSON model config, got unreadable text"):
+        from_pretrained(tmp_path)

@@ -25,3 +25,10 @@ def test_matches_transformers_tokenizer():
     assert theirs(text)["input_ids"] == tokenizer.encode(text, add_special_tokens=True)
     assert theirs.mask_token_id == tokenizer.MASK and theirs.pad_token_id == tokenizer.PAD
     assert torch.tensor(tokenizer.encode(text)).max() < theirs.vocab_size
+
+
+def test_non_strings_are_refused_naming_the_argument():
+    with pytest.raises(ValueError, match="text: expected a str, got int 5"):
+        tokenizer.encode(5)
+    with pytest.raises(ValueError, match="texts: expected a list of str, got one str 'abc'"):
+        tokenizer.batch_encode("abc", 8)

@@ -16,10 +16,12 @@ only when one of these functions runs.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from perceiver.checkpoint import PICKLE_SUFFIXES
 from perceiver.convert.export_config import transformers_config
 from perceiver.convert.import_config import SUPPORTED, config_from_transformers
 from perceiver.convert.keys import convert_key
@@ -31,12 +33,19 @@ def _load_transformers(model_or_path):
         return model_or_path
     import transformers
 
+    local = Path(model_or_path).is_dir()
+    if local and not list(Path(model_or_path).glob("*.safetensors")):
+        pickles = sorted(p.name for p in Path(model_or_path).glob("*") if p.suffix in PICKLE_SUFFIXES)
+        raise ValueError(f"model_or_path: expected safetensors weights in {str(model_or_path)!r}, found "
+                         f"{pickles or 'none'}; pickled weights are not loaded (unpickling can run code): "
+                         "convert them to safetensors with transformers first (from_pretrained, then "
+                         "save_pretrained(dir, safe_serialization=True))")
     config = transformers.AutoConfig.from_pretrained(model_or_path)
     architectures = getattr(config, "architectures", None) or []
     if not architectures or architectures[0] not in SUPPORTED:
         raise ValueError(f"model_or_path: expected a checkpoint of {list(SUPPORTED)}, got "
                          f"architectures={architectures}")
-    return getattr(transformers, architectures[0]).from_pretrained(model_or_path)
+    return getattr(transformers, architectures[0]).from_pretrained(model_or_path, use_safetensors=True)
 
 
 def _key_pairs(hf_keys, head: str) -> dict[str, str]:
@@ -118,7 +127,11 @@ def to_transformers(model: PerceiverIO):
 
     if not isinstance(model, PerceiverIO):
         raise ValueError(f"model: expected a PerceiverIO, got {type(model).__name__}")
-    name, kwargs = transformers_config(model)
+    try:
+        name, kwargs = transformers_config(model)
+    except ValueError as error:
+        raise ValueError(f"model: transformers' Perceiver heads cannot express this model: {error} "
+                         f"(they fix that value; what exports: perceiver export --help)") from error
     hf_model = getattr(transformers, name)(transformers.PerceiverConfig(**kwargs))
     ours = model.state_dict()
     pairs = _key_pairs(hf_model.state_dict(), name)

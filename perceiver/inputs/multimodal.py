@@ -77,6 +77,9 @@ class MultimodalAdapter(nn.Module):
         where only some are), which the encoder projects without building the padded rows."""
         if not isinstance(inputs, dict):
             raise ValueError(f"inputs: expected a dict of {self.names}, got {type(inputs).__name__}")
+        if modality_mask is not None and not isinstance(modality_mask, dict):
+            raise ValueError(f"modality_mask: expected a dict {{modality: [B] bool}} with modalities among "
+                             f"{self.names}, got {type(modality_mask).__name__}")
         modality_mask = dict(modality_mask or {})
         for where, names in (("inputs", inputs), ("modality_mask", modality_mask)):
             unknown = sorted(set(names) - set(self.names))

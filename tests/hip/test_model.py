@@ -101,7 +101,7 @@ def test_the_head_in_chunks_gives_the_same_reconstructions():
     chunked.unembed["signal"].weight.data.copy_(whole.unembed["signal"].weight)
     inputs = {"signal": torch.randn(2, 64, 3)}
     torch.testing.assert_close(chunked(inputs).logits["signal"], whole(inputs).logits["signal"])
-    with pytest.raises(ValueError, match="head_chunk_size: expected a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match="head_chunk_size: expected an integer >= 1, got 0"):
         build_hip("mini", {"signal": (64, 3)}, head_chunk_size=0, **TINY)
 
 

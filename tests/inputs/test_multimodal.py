@@ -63,3 +63,13 @@ def test_bad_modalities():
         adapter(torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"inputs\['image'\]: expected batch size \[3\], got \[2\]"):
         adapter({"image": torch.randn(2, 1, 4, 4), "audio": torch.randn(3, 32)})
+
+
+def test_multimodal_arguments_of_the_wrong_kind_are_named():
+    from tests.test_model import av_batch, tiny_multimodal
+
+    model = tiny_multimodal().eval()
+    with pytest.raises(ValueError, match=r"query_index: expected a dict \{modality: index\}.* got Tensor"):
+        model(av_batch(), query_index=torch.arange(3))
+    with pytest.raises(ValueError, match=r"modality_mask: expected a dict \{modality: \[B\] bool\}.*Tensor"):
+        model(av_batch(), modality_mask=torch.ones(2, dtype=torch.bool))

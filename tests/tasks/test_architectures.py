@@ -25,7 +25,7 @@ def test_classify_with_a_hip_trains_resumes_evaluates_and_predicts(cache, capsys
     assert main(["evaluate", str(out)]) == 0
     assert sum(map(sum, json.loads(capsys.readouterr().out)["test"]["confusion"])) == 64
     assert main(["predict", str(out), "--text", "[MAX29[MIN47]0]"]) == 0
-    assert 0 <= json.loads(capsys.readouterr().out)["label"] <= 9
+    assert 0 <= json.loads(capsys.readouterr().out)["label_id"] <= 9
 
 
 def test_mlm_with_a_hip_fills_masked_bytes(tmp_path, capsys):

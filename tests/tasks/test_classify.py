@@ -32,7 +32,7 @@ def test_train_resume_evaluate_predict_on_listops(cache, capsys):
     assert sum(map(sum, metrics["test"]["confusion"])) == 64 and metrics["model"] == "best"
     assert isinstance(perceiver.from_pretrained(out), perceiver.PerceiverIO)
     assert main(["predict", str(out), "--text", "[MAX 2 9 [MIN 4 7 ] 0 ]"]) == 0
-    assert 0 <= json.loads(capsys.readouterr().out)["label"] <= 9
+    assert 0 <= json.loads(capsys.readouterr().out)["label_id"] <= 9
 
 
 def test_listops_with_nesting_depth_positions(cache, capsys):
@@ -44,7 +44,7 @@ def test_listops_with_nesting_depth_positions(cache, capsys):
     assert model.input_adapter.config.depth_tokens == tuple(tokenizer.encode("[]"))
     assert model.input_adapter.config.depth_slopes == (0.0, 1.0)  # the tiny preset's 2 heads
     assert main(["predict", str(out), "--text", "[MAX 2 9 [MIN 4 7 ] 0 ]"]) == 0
-    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["label"] <= 9
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["label_id"] <= 9
     assert main(args + ["model.depth_brackets=[]"]) == 2  # JSON: an empty list, not the two characters
     assert "depth_brackets: expected two one-byte characters, such as '[]', got []" in capsys.readouterr().err
 
