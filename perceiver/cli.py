@@ -173,9 +173,8 @@ def predict(args) -> None:
         print(json.dumps(prediction))
 
 
-def main(argv=None) -> int:
-    # datasets' progress bars (building and caching the data) are noise here; =0 shows them
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+def parser() -> argparse.ArgumentParser:
+    """The ``perceiver`` command line's parser, with every subcommand."""
     parser = argparse.ArgumentParser(prog="perceiver", description="Perceiver IO tools",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -244,8 +243,8 @@ def main(argv=None) -> int:
                                    "  perceiver predict runs/tiny --text \"[MAX29[MIN47]0]\"\n"
                                    "  perceiver predict runs/mine --file notes.txt --text \"more notes\"\n"
                                    "  perceiver predict runs/mlm --text \"The ________ of the Union\"\n"
-                                   "  perceiver predict runs/av --sample runs/av/samples/0-0-original --out recon/"
-                                   "\n(runs/av/samples/ holds validation examples, written after training)")
+                                   "  perceiver predict runs/av --sample runs/av/samples/0-0-original "
+                                   "--out recon/\n(runs/av/samples/ holds validation examples, written after training)")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")
@@ -255,9 +254,16 @@ def main(argv=None) -> int:
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("dir", help="directory written by save_pretrained")
     p.set_defaults(run=info)
-    args, extra = parser.parse_known_args(argv)  # overrides may follow the options of train
+    return parser
+
+
+def main(argv=None) -> int:
+    # datasets' progress bars (building and caching the data) are noise here; =0 shows them
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    parser_ = parser()
+    args, extra = parser_.parse_known_args(argv)  # overrides may follow the options of train
     if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser_.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
