@@ -244,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
                                    "  perceiver predict runs/mine --file notes.txt --text \"more notes\"\n"
                                    "  perceiver predict runs/mlm --text \"The ________ of the Union\"\n"
                                    "  perceiver predict runs/av --sample runs/av/samples/0-0-original "
-                                   "--out recon/\n(runs/av/samples/ holds validation examples, written after training)")
+                                   "--out recon/\n"
+                                   "(runs/av/samples/ holds validation examples, written after training)")
     p.add_argument("dir", help="output directory of perceiver train")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--file", action="append", help="a UTF-8 file to classify (repeatable)")
