@@ -5,10 +5,13 @@ process would see."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import TYPE_CHECKING
 
 import torch
+
+from tasks.stopping import ignore_stop_signals
 
 if TYPE_CHECKING:
     from tasks.distributed import Processes
@@ -61,3 +64,22 @@ def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+@contextlib.contextmanager
+def batch_stream(micro_batches: MicroBatches, num_workers: int, seed: int, device: torch.device):
+    """An iterator over ``micro_batches`` built by ``num_workers`` processes (0: in this one), whose
+    workers are stopped however the loop ends. They ignore SIGTERM (``ignore_stop_signals``), so
+    multiprocessing's exit-time ``terminate()`` cannot end them: left to interpreter exit after an
+    exception, the process would wait on them forever."""
+    loader = torch.utils.data.DataLoader(
+        micro_batches, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent without workers
+        if shutdown is not None:
+            shutdown()

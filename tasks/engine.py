@@ -46,13 +46,13 @@ from typing import Protocol
 
 import torch
 
-from tasks.batches import MicroBatches, derived_seed, to_device
+from tasks.batches import MicroBatches, batch_stream, derived_seed, to_device
 from tasks.distributed import STRATEGIES, Processes
 from tasks.metrics_log import MetricsLog
-from tasks.run_dir import claim
+from tasks.run_dir import claim_for_every_process
 from tasks.settings import at_least, between, check_settings, one_of, positive, rule
 from tasks.state import load_checkpoint, read_trainer, save_checkpoint
-from tasks.stopping import Stopped, ignore_stop_signals, stop_requests
+from tasks.stopping import Stopped, stop_requests
 
 
 @dataclass
@@ -138,7 +138,7 @@ def train(task: Task, config: TrainConfig, output_dir: str | Path, resume: bool 
     procs = Processes.start(config.device, config.strategy)
     try:
         _check_run(task, config, Path(output_dir), resume, procs)
-        with stop_requests() as received, _claimed(Path(output_dir), resume, overwrite, procs):
+        with stop_requests() as received, claim_for_every_process(Path(output_dir), resume, overwrite, procs):
             return Run(task, config, Path(output_dir), procs, resume, run_info).train(progress, received)
     finally:
         procs.close()
@@ -162,37 +162,6 @@ def _check_run(task: Task, config: TrainConfig, output_dir: Path, resume: bool, 
     if trainer["step"] > config.max_steps:
         raise ValueError(f"--max-steps: expected at least the {trainer['step']} steps already done in "
                          f"{str(output_dir / 'checkpoint')!r}, got {config.max_steps}")
-
-
-@contextlib.contextmanager
-def _claimed(output_dir: Path, resume: bool, overwrite: bool, procs: Processes):
-    """``tasks.run_dir.claim`` by rank 0, its verdict shared, so that a refusal stops every process
-    instead of leaving the others waiting in their first collective."""
-    with contextlib.ExitStack() as stack:
-        refusal = None
-        if procs.is_main:
-            try:
-                stack.enter_context(claim(output_dir, resume, overwrite))
-            except ValueError as error:
-                refusal = str(error)
-        refusal = procs.broadcast(refusal)
-        if refusal is not None:
-            raise ValueError(refusal)
-        yield
-
-
-@contextlib.contextmanager
-def _batch_stream(loader: torch.utils.data.DataLoader):
-    """``iter(loader)``, its worker processes stopped however the loop ends. They ignore SIGTERM
-    (``ignore_stop_signals``), so multiprocessing's exit-time ``terminate()`` cannot end them: left
-    to interpreter exit after an exception, the process would wait on them forever."""
-    batches = iter(loader)
-    try:
-        yield batches
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # absent without workers
-        if shutdown is not None:
-            shutdown()
 
 
 class Run:
@@ -286,12 +255,8 @@ class Run:
                    disable=not (progress and procs.is_main), desc="train")
         micro_batches = MicroBatches(self.task, config, self.start * config.accumulate,
                                      config.max_steps * config.accumulate, procs)
-        loader = torch.utils.data.DataLoader(
-            micro_batches, batch_size=None, num_workers=config.num_workers,
-            pin_memory=procs.device.type == "cuda", worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(config.seed))  # leaves the global RNG alone
         try:
-            with _batch_stream(loader) as batches:
+            with batch_stream(micro_batches, config.num_workers, config.seed, procs.device) as batches:
                 metrics = self._steps(bar, batches, stop_signals)
         finally:
             if self.log:

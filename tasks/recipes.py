@@ -119,7 +119,7 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
                  max_steps=None, model=None) -> dict:
     """A run's settings: the preset, then ``--config``, then ``overrides``; ``model`` picks the
     architecture (tasks.architectures) and, when it is not the preset's, drops the preset's model
-    arguments."""
+    arguments (a ``tiny`` preset gives a HiP ``TINY_HIP``'s)."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
     if preset not in PRESETS[task]:
@@ -133,7 +133,10 @@ def settings_for(task: str, data: str, preset: str, overrides=(), config_file=No
             raise ValueError(f"--model: the {task} job has one architecture; classify, mlm and mae take "
                              "--model")
         if model != settings["task"].get("architecture", defaults["architecture"]):
-            settings["task"].update(architecture=model, model={})
+            # a tiny preset stays tiny (seconds) for a HiP too; other presets' model arguments are
+            # their architecture's, so the chosen one starts from its own defaults
+            tiny_hip = preset == "tiny" and model.startswith("hip-")
+            settings["task"].update(architecture=model, model=dict(TINY_HIP) if tiny_hip else {})
     if config_file is not None:
         loaded = json.loads(Path(config_file).read_text())
         unknown = sorted(set(loaded) - {"task", "train"})

@@ -25,6 +25,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.distributed import Processes
 
 LOCK_NAME = "run.lock"
 # what a run writes (tasks.engine's layout): the files that make a directory "hold a run", and the
@@ -159,3 +163,20 @@ def claim(directory, resume: bool = False, overwrite: bool = False):
         yield directory
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def claim_for_every_process(directory: Path, resume: bool, overwrite: bool, procs: Processes):
+    """:func:`claim` by rank 0, its verdict shared, so that a refusal stops every process of a
+    torchrun job instead of leaving the others waiting in their first collective."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if procs.is_main:
+            try:
+                stack.enter_context(claim(directory, resume, overwrite))
+            except ValueError as error:
+                refusal = str(error)
+        refusal = procs.broadcast(refusal)
+        if refusal is not None:
+            raise ValueError(refusal)
+        yield

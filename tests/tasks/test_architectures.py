@@ -16,11 +16,12 @@ TINY_HIP = [f"model.{key}={json.dumps(value)}" for key, value in recipes.TINY_HI
 def test_classify_with_a_hip_trains_resumes_evaluates_and_predicts(cache, capsys):
     out = cache / "run"
     args = ["train", "classify", "--data", "listops", "--preset", "tiny", "--model", "hip-mini",
-            "--output-dir", str(out), "--quiet", "train.eval_every=2", "train.save_every=2", *TINY_HIP]
+            "--output-dir", str(out), "--quiet", "train.eval_every=2", "train.save_every=2"]  # TINY_HIP
     assert main(args + ["--max-steps", "2"]) == 0
     assert main(args + ["--max-steps", "4", "--resume"]) == 0
     model = perceiver.from_pretrained(out)
     assert isinstance(model, HiPClassBottleneck) and model.config.modalities["bytes"] == (512, 262)
+    assert model.config.channels == recipes.TINY_HIP["channels"]  # the tiny preset stays tiny
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
     assert sum(map(sum, json.loads(capsys.readouterr().out)["test"]["confusion"])) == 64

@@ -3,6 +3,7 @@ PSNR, and the job end to end from the command line."""
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -178,8 +179,12 @@ def test_train_resume_evaluate_predict_from_the_command_line(folder, tmp_path, c
     assert main(["evaluate", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)["test"]
     assert 0 <= metrics["label_accuracy"] <= 1 and metrics["audio_psnr_mean_baseline"] > 0
-    sample = str(folder / "test/b/2")
+    for suffix in (".png", ".wav"):  # --sample reads only its files: the data folder may be gone
+        shutil.copy(folder / f"test/b/2{suffix}", tmp_path / f"2{suffix}")
+    shutil.rmtree(folder)
+    sample = str(tmp_path / "2")
     assert main(["predict", str(out), "--sample", sample, "--out", str(tmp_path / "p")]) == 0
     prediction = json.loads(capsys.readouterr().out)
     assert prediction["label"] in ("a", "b", "c") and len(prediction["outputs"]) == 4
+    assert ["a", "b", "c"][prediction["label_id"]] == prediction["label"]
     assert read_wav(tmp_path / "p/2-reconstruction.wav", RATE, SAMPLES).shape == (SAMPLES,)

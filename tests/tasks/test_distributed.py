@@ -42,6 +42,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_in_o
                    "-m", "perceiver", *arguments]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        results = [line for line in done.stdout.splitlines() if line.startswith('{"model": "latest"')]
+        assert len(results) == 1  # rank 0's line only
 
     torchrun(*args(tmp_path / "two"))
     assert main(args(tmp_path / "one")) == 0

@@ -200,3 +200,21 @@ def test_a_save_cut_off_mid_rename_leaves_the_previous_checkpoint(tmp_path):
     found = find_checkpoint(tmp_path / "checkpoint")
     assert found == tmp_path / "checkpoint.old"
     assert json.loads((found / "trainer.json").read_text())["step"] == 3
+
+
+def test_examples_per_second_count_training_alone(tmp_path):
+    import time
+
+    class SlowEvaluation(CountTask):
+        def evaluate(self, model, split="validation"):
+            time.sleep(2.0)
+            return super().evaluate(model, split)
+
+    config = dataclasses.replace(CONFIG, max_steps=2, eval_every=1, save_every=2)
+    train(SlowEvaluation(), config, tmp_path, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rates = [float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "examples_per_s"]
+    examples = config.max_steps * config.accumulate * config.batch_size
+    # two tiny steps take well under a second; counted with step 1's evaluation (2 s asleep), the
+    # rate at step 2 would be below examples / 2 s
+    assert len(rates) == 2 and rates[-1] > examples / 1.0
