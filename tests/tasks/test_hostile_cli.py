@@ -80,7 +80,33 @@ def test_a_failed_run_exits_at_once_with_the_default_data_worker(env, tmp_path):
     assert "FloatingPointError: step 2: loss is nan" in done.stderr
     assert "No checkpoint was written (the first was due at step 10)" in done.stderr
     assert "Traceback" not in done.stderr and time.monotonic() - began < 60
+    assert "Saving the dataset" not in done.stderr  # datasets' progress bars, hidden (it built listops)
     assert not (tmp_path / "nan" / "checkpoint").exists() and not (tmp_path / "nan" / "run.lock").exists()
+
+
+FAILING_WORKER = """
+import sys
+import torch
+from tests.tasks.test_engine import CONFIG, CountTask
+from tasks.engine import train
+import dataclasses
+
+class BadRecord(CountTask):
+    def train_batch(self, indices, generator):
+        if 5 in indices:
+            raise ValueError("record 5 is damaged")
+        return super().train_batch(indices, generator)
+
+train(BadRecord(), dataclasses.replace(CONFIG, num_workers=2), sys.argv[1], progress=False)
+"""
+
+
+def test_an_exception_in_a_data_worker_ends_the_process(env, tmp_path):
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", FAILING_WORKER, str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=90, env=env, cwd=Path(__file__).parents[2])
+    assert done.returncode == 1 and "record 5 is damaged" in done.stderr
+    assert time.monotonic() - began < 60 and not (tmp_path / "out" / "run.lock").exists()
 
 
 @pytest.mark.parametrize("setting, message", [
