@@ -58,9 +58,10 @@ fix much of their architecture, so only models inside that space export:
                                        qk 256, v = input width, no query residual, widening 1
   PerceiverForSequenceClassification   tokens in, one learned query of the latent width, decoder
                                        with 1 head, qk = v = latent width, query residual, widening 1
-  PerceiverForImageClassification...   the same decoder over the Fourier (64 bands, 224 x 224),
-                                       conv-stem (64 channels, 'transformers' padding) or learned
-                                       (conv1x1, 256 channels, square) image inputs
+  PerceiverForImageClassification...   the same decoder over RGB images: Fourier positions (64
+                                       bands, for 224 x 224), the conv stem (64 channels, 64 bands,
+                                       'transformers' padding) or learned positions (conv1x1, 256
+                                       channels and position width, a square image)
 and everywhere: no cross-attention every block, the self-attention's v width = latent width, one
 qk/v setting shared by the encoder's cross- and self-attention, the same activation and dropout in
 encoder and decoder. Any other model is refused, naming the field and the value transformers needs

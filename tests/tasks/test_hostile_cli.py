@@ -165,21 +165,21 @@ def test_training_into_a_finished_run_is_refused_unless_resumed_or_overwritten(c
     assert (last["model"], last["split"], last["step"]) == ("latest", "validation", 10)
 
 
-def test_a_directory_in_use_is_refused_naming_the_holder_and_a_stale_lock_is_reclaimed(env, tmp_path):
+def test_a_directory_in_use_is_refused_naming_the_holder_and_a_stale_lock_is_reclaimed(cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     holder = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time(), "token": "x"}
-    (out / "run.lock").write_text(json.dumps(holder))
-    done = perceiver("train", "classify", "--data", "listops", *TINY, "--output-dir", out, "--max-steps", 2)
-    assert done.returncode == 2 and f"in use by process {os.getpid()}" in done.stderr
+    (out / "run.lock").write_text(json.dumps(holder))  # this live process holds it
+    code, _, err = cli("train", "classify", "--data", "listops", *TINY, "--output-dir", out, "--max-steps", 2)
+    assert code == 2 and f"in use by process {os.getpid()}" in err
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
     killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     killed.kill()
     killed.wait()
     (out / "run.lock").write_text(json.dumps(holder | {"pid": killed.pid}))  # SIGKILL left it behind
-    done = perceiver("train", "classify", "--data", "listops", *TINY, "--output-dir", out, "--max-steps", 2)
-    assert done.returncode == 0, done.stderr
-    assert f"reclaimed the stale lock of process {killed.pid}" in done.stderr
+    code, _, err = cli("train", "classify", "--data", "listops", *TINY, "--output-dir", out, "--max-steps", 2)
+    assert code == 0, err
+    assert f"reclaimed the stale lock of process {killed.pid}" in err
     assert not (out / "run.lock").exists() and (out / "checkpoint").is_dir()
 
 
