@@ -10,13 +10,15 @@ samples from image and audio alone. Equivalent to::
     perceiver predict runs/demo --sample ...
 
 The run directory holds the model, metrics.csv, curves.png, TensorBoard logs, and originals and
-reconstructions as PNG and WAV (``samples/``).
+reconstructions as PNG and WAV (``samples/``). Run again, the demo replaces its own earlier run
+there; a directory holding any other run is refused (``perceiver train``'s rule).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,12 +32,20 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for perceiver train")
     args = parser.parse_args(argv)
-    settings = settings_for("autoencode", "av-digits", "demo", args.overrides)
-    task, config = build(settings)
+    try:
+        settings = settings_for("autoencode", "av-digits", "demo", args.overrides)
+        task, config = build(settings)
+    except ValueError as error:
+        sys.exit(f"make demo: error: {error}")
+    previous = Path(args.output_dir) / "run.json"
+    own = previous.is_file() and json.loads(previous.read_text()).get("preset") == "demo"
     print(f"data: {', '.join(f'{len(v)} {k}' for k, v in task.splits.items())} image + audio + label "
           f"examples; {config.max_steps} steps of {config.batch_size}")
     began = time.perf_counter()
-    run_train(settings, args.output_dir, progress=True)
+    try:
+        run_train(settings, args.output_dir, progress=True, overwrite=own)
+    except ValueError as error:  # a directory holding another run, or one in use
+        sys.exit(f"make demo: error: {error}")
     model = from_pretrained(args.output_dir).eval()
     metrics = task.evaluate(model, "test")
     print(f"trained in {time.perf_counter() - began:.0f} s; test set, label masked:")
