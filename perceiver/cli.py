@@ -174,7 +174,7 @@ def predict(args) -> None:
         print(json.dumps(prediction))
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The ``perceiver`` command line's parser, with every subcommand."""
     parser = argparse.ArgumentParser(prog="perceiver", description="Perceiver IO tools",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,10 +262,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     # datasets' progress bars (building and caching the data) are noise here; =0 shows them
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    parser_ = parser()
-    args, extra = parser_.parse_known_args(argv)  # overrides may follow the options of train
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow the options of train
     if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
-        parser_.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:

@@ -63,12 +63,14 @@ def validate(config, path: str = "config", may_be_zero=MAY_BE_ZERO) -> None:
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        _check(f"{path}.{field.name}", value, hints[field.name], 0 if field.name in may_be_zero else 1)
+        check_value(f"{path}.{field.name}", value, hints[field.name], 0 if field.name in may_be_zero else 1)
         if field.name in PROBABILITIES and isinstance(value, (int, float)) and not value < 1:
             raise ValueError(f"{path}.{field.name}: expected a probability in [0, 1), got {value!r}")
 
 
-def _check(path: str, value, hint, low: int = 0) -> None:
+def check_value(path: str, value, hint, low: float = 0) -> None:
+    """Check one ``value`` against its annotation ``hint`` as :func:`validate` does, integers
+    against ``low``; a ``ValueError`` names ``path``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:  # a nested component config (input, queries, output, ...) is checked likewise
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -81,7 +83,7 @@ def _check(path: str, value, hint, low: int = 0) -> None:
         errors = []
         for option in options:
             try:
-                return _check(path, value, option, low)
+                return check_value(path, value, option, low)
             except ValueError as error:
                 errors.append(error)
         raise errors[0]
@@ -105,7 +107,7 @@ def _check(path: str, value, hint, low: int = 0) -> None:
         if items and len(items) != len(value):
             raise ValueError(f"{path}: expected {len(items)} values, got {value!r}")
         for i, (item, item_hint) in enumerate(zip(value, items or (), strict=bool(items))):
-            _check(f"{path}[{i}]", item, item_hint, low)
+            check_value(f"{path}[{i}]", item, item_hint, low)
         return
     elif hint is dict or origin is dict:
         ok, expected = isinstance(value, dict), "a dict"

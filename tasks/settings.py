@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 
-from perceiver.config import validate
+from perceiver.config import check_value, validate
 
 
 def rule(test, expected: str):
@@ -45,23 +44,14 @@ at_least_zero = rule(lambda v: v >= 0, "a number >= 0")
 probability = between(0, 1)
 
 
-def _fits(value, hint) -> bool:
-    """Whether ``value`` has the basic type of ``hint`` (``None`` aside): a rule is applied only
+def _fits(path: str, value, hint) -> bool:
+    """Whether ``value`` has the type of ``hint`` (integers of any sign): a rule is applied only
     then, and its message given otherwise."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    for option in options:
-        base = typing.get_origin(option) or option
-        if base is int and number and isinstance(value, int):
-            return True
-        if base is float and number and math.isfinite(value):
-            return True
-        if base is tuple and isinstance(value, (tuple, list)):  # JSON gives lists
-            return True
-        if base not in (int, float, tuple) and isinstance(value, base):
-            return True
-    return False
+    try:
+        check_value(path, value, hint, low=-math.inf)
+    except ValueError:
+        return False
+    return True
 
 
 def check_settings(config, section: str, rules: dict) -> None:
@@ -69,8 +59,10 @@ def check_settings(config, section: str, rules: dict) -> None:
     fit its rule in ``rules`` (``{field: predicate}``) or, for the other fields, its annotation."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        value, rule = getattr(config, field.name), rules.get(field.name)
-        if rule is not None and value is not None and not (_fits(value, hints[field.name]) and rule(value)):
-            expected = getattr(rule, "expected", "a valid value")
+        value, test = getattr(config, field.name), rules.get(field.name)
+        if test is None or value is None:
+            continue
+        if not (_fits(field.name, value, hints[field.name]) and test(value)):
+            expected = getattr(test, "expected", "a valid value")
             raise ValueError(f"{section}.{field.name}: expected {expected}, got {value!r}")
     validate(config, section, may_be_zero=[f.name for f in dataclasses.fields(config)])  # rules say more

@@ -29,7 +29,7 @@ def help_examples() -> list[str]:
     """The example lines of every ``--help`` epilog, the top-level one first."""
     import perceiver.cli as cli
 
-    parser = cli.parser()
+    parser = cli.build_parser()
     epilogs = [parser.epilog]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

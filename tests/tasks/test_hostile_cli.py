@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from perceiver.checkpoint import current_umask
 from perceiver.cli import main
 
 TINY = ["--preset", "tiny", "--quiet"]
@@ -231,7 +232,8 @@ def test_convert_refuses_its_source_and_an_existing_target(cli, tmp_path):
     assert snapshot(tmp_path / "hf") == before
     assert cli("convert", tmp_path / "hf", tmp_path / "ours")[0] == 0
     converted = snapshot(tmp_path / "ours")
-    assert all(mode & 0o777 == 0o666 & ~umask() for _, mode in converted.values())  # not mkstemp's 0600
+    # not mkstemp's 0600
+    assert all(mode & 0o777 == 0o666 & ~current_umask() for _, mode in converted.values())
     code, _, err = cli("convert", tmp_path / "hf", tmp_path / "ours")
     assert code == 2 and "pass --overwrite" in err and snapshot(tmp_path / "ours") == converted
     assert cli("convert", tmp_path / "hf", tmp_path / "ours", "--overwrite")[0] == 0
@@ -240,12 +242,6 @@ def test_convert_refuses_its_source_and_an_existing_target(cli, tmp_path):
     code, _, err = cli("convert", tmp_path / "hf", tmp_path / "bin")
     assert code == 2 and "convert them to safetensors with transformers first" in err
     assert "pytorch_model.bin" in err and not (tmp_path / "bin").exists()
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_export_refuses_a_run_directory_and_its_source(cli, run_copy):
